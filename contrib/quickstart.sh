@@ -1,0 +1,64 @@
+#!/bin/sh
+# Quick start for a fresh Debian machine (run as root from a clone of the tree):
+#   contrib/quickstart.sh run    install what is missing, build, run the demo
+#   contrib/quickstart.sh test   install what is missing, build, run `make check`
+# The build lives in ./build so the source tree stays clean.
+set -eu
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+build="$top/build"
+
+# Build and test dependencies, as Debian package names.
+DEPS="build-essential autoconf automake libtool pkg-config libev-dev libsystemd-dev
+      check libsubunit-dev libseccomp-dev mandoc valgrind systemd
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+
+install_missing() {
+        missing=""
+        for p in $DEPS; do
+                dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+                        missing="$missing $p"
+        done
+        [ -z "$missing" ] && return 0
+        if [ "$(id -u)" -ne 0 ]; then
+                echo "quickstart: missing packages:$missing (run as root, or apt-get install them)" >&2
+                exit 1
+        fi
+        echo "quickstart: installing$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        # shellcheck disable=SC2086
+        apt-get install -y -q --no-install-recommends $missing
+}
+
+build() {
+        cd "$top"
+        [ -x configure ] && [ configure -nt configure.ac ] && [ Makefile.in -nt Makefile.am ] || ./autogen.sh
+        mkdir -p "$build"
+        cd "$build"
+        [ -f Makefile ] || ../configure --enable-werror
+        make -j"$(nproc)"
+}
+
+case "${1:-}" in
+run)
+        install_missing
+        build
+        echo "quickstart: running examples/fork-demo"
+        exec "$build/examples/fork-demo"
+        ;;
+test)
+        install_missing
+        build
+        # Check prints one summary line per suite into the logs; show them all.
+        rc=0
+        make -j"$(nproc)" check || rc=$?
+        grep -h -E '^[0-9]+%: Checks: |^(PASS|FAIL): ' "$build"/tests/*.log 2>/dev/null || true
+        [ $rc -eq 0 ] || { cat "$build/test-suite.log" 2>/dev/null | tail -n 100; }
+        exit $rc
+        ;;
+*)
+        echo "usage: $0 run|test" >&2
+        exit 2
+        ;;
+esac

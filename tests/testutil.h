@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared helpers for the Check suites.  Header-only so each suite stays one file. */
+#ifndef AIOT_TESTUTIL_H
+#define AIOT_TESTUTIL_H
+
+#include <check.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Runs a suite and returns the process exit status; prints Check's summary. */
+static inline int testutil_run(Suite *s)
+{
+        SRunner *sr = srunner_create(s);
+        int failed;
+
+        srunner_run_all(sr, CK_NORMAL);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* Number of children of this process that are zombies (state Z). */
+static inline int testutil_count_zombies(void)
+{
+        char path[64], buf[512];
+        struct dirent *de;
+        int n = 0;
+        DIR *d = opendir("/proc");
+
+        if (!d)
+                return -1;
+        while ((de = readdir(d))) {
+                FILE *f;
+                int ppid;
+                char state;
+
+                if (de->d_name[0] < '1' || de->d_name[0] > '9')
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
+                f = fopen(path, "re");
+                if (!f)
+                        continue;
+                if (fgets(buf, sizeof(buf), f)) {
+                        /* The comm field may contain spaces: parse after the last ')'. */
+                        char *p = strrchr(buf, ')');
+                        if (p && sscanf(p + 1, " %c %d", &state, &ppid) == 2 && ppid == getpid() && state == 'Z')
+                                n++;
+                }
+                fclose(f);
+        }
+        closedir(d);
+        return n;
+}
+
+/* Number of open fds of this process (for leak checks). */
+static inline int testutil_count_fds(void)
+{
+        struct dirent *de;
+        int n = 0;
+        DIR *d = opendir("/proc/self/fd");
+
+        if (!d)
+                return -1;
+        while ((de = readdir(d)))
+                if (de->d_name[0] != '.')
+                        n++;
+        closedir(d);
+        return n - 1; /* the directory's own fd */
+}
+
+#endif

@@ -26,7 +26,7 @@ static inline int testutil_run(Suite *s)
 /* Number of children of this process that are zombies (state Z). */
 static inline int testutil_count_zombies(void)
 {
-        char path[64], buf[512];
+        char path[300], buf[512];
         struct dirent *de;
         int n = 0;
         DIR *d = opendir("/proc");

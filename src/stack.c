@@ -1,0 +1,476 @@
+/* SPDX-License-Identifier: MIT */
+/* Task stacks: chunked mmap, guard regions that do not split mappings, a free
+ * list for reuse, and the overflow reporter.  See src/stack.h. */
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "macro.h"
+#include "stack.h"
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define AIOT_HAVE_VALGRIND 1
+#endif
+#endif
+#ifndef AIOT_HAVE_VALGRIND
+#define VALGRIND_STACK_REGISTER(lo, hi) 0u
+#define VALGRIND_STACK_DEREGISTER(id) ((void)(id))
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+#define AIOT_STACK_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define AIOT_STACK_ASAN 1
+#endif
+#endif
+#ifdef AIOT_STACK_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
+/* Linux 6.13+: a range that faults on access without being a mapping of its own. */
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+
+#define DEFAULT_STACK_SIZE (256u * 1024u)
+/* Bigger than a page so that a frame of a few KiB cannot step over it. */
+#define GUARD_SIZE (16u * 1024u)
+/* Target mapping size; the stacks per chunk are clamped to [MIN, MAX]. */
+#define CHUNK_BYTES (16u * 1024u * 1024u)
+#define CHUNK_MIN_STACKS 16u
+#define CHUNK_MAX_STACKS 256u
+
+/* Lives at the top of each stack (above the usable part), so it shares the page
+ * the task touches first and costs no extra memory. */
+struct stack_hdr {
+        struct stack_hdr *next; /* free list */
+        unsigned vg_id;         /* valgrind's stack id while handed out */
+};
+#define HDR_SIZE 64u
+_Static_assert(sizeof(struct stack_hdr) <= HDR_SIZE, "header fits");
+
+/* A mapping holding guarded stacks, as the fault handler sees it: slot i spans
+ * [base + i * slot, + slot) and starts with its guard.  Regions are never freed,
+ * only deactivated (len 0) and reused, so the handler can walk the list without a
+ * lock while another thread adds or drops a region. */
+struct region {
+        struct region *_Atomic next;
+        _Atomic uintptr_t base;
+        _Atomic size_t len;
+        _Atomic size_t slot;
+};
+
+static struct region *_Atomic regions;
+static pthread_mutex_t regions_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct chunk {
+        struct chunk *next;
+        char *base;
+        size_t len;
+        size_t n_used; /* slots handed out at least once (bump allocation) */
+        struct region *region;
+};
+
+struct aiot__stack_pool {
+        size_t usable; /* per stack, what get reports */
+        size_t slot;   /* guard + stack + header */
+        size_t n_per_chunk;
+        struct chunk *chunks; /* the head is the one being bumped */
+        struct stack_hdr *free;
+        size_t outstanding;
+};
+
+const char *(*aiot__stack_overflow_namer)(void);
+
+static size_t page_size;
+static int light_guards = -1;
+static struct sigaction old_segv, old_bus;
+static int handler_installed;
+static pthread_mutex_t setup_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread int altstack_done;
+
+static size_t round_up(size_t n, size_t to)
+{
+        return (n + to - 1) / to * to;
+}
+
+static struct region *region_add(uintptr_t base, size_t len, size_t slot)
+{
+        struct region *r;
+
+        pthread_mutex_lock(&regions_lock);
+        for (r = atomic_load(&regions); r; r = atomic_load(&r->next))
+                if (atomic_load(&r->len) == 0)
+                        break;
+        if (!r) {
+                r = calloc(1, sizeof(*r));
+                if (!r) {
+                        pthread_mutex_unlock(&regions_lock);
+                        return NULL;
+                }
+                atomic_store(&r->next, atomic_load(&regions));
+                atomic_store(&regions, r);
+        }
+        atomic_store(&r->base, base);
+        atomic_store(&r->slot, slot);
+        atomic_store(&r->len, len); /* last: publishes the entry */
+        pthread_mutex_unlock(&regions_lock);
+        return r;
+}
+
+static void region_drop(struct region *r)
+{
+        pthread_mutex_lock(&regions_lock);
+        atomic_store(&r->len, 0);
+        pthread_mutex_unlock(&regions_lock);
+}
+
+/* Async-signal-safe: atomics only. */
+static int in_guard(uintptr_t a)
+{
+        for (struct region *r = atomic_load(&regions); r; r = atomic_load(&r->next)) {
+                uintptr_t base = atomic_load(&r->base);
+                size_t len = atomic_load(&r->len), slot = atomic_load(&r->slot);
+
+                if (len && slot && a >= base && a - base < len && (a - base) % slot < GUARD_SIZE)
+                        return 1;
+        }
+        return 0;
+}
+
+static size_t fmt_hex(char *buf, uintptr_t v)
+{
+        char tmp[2 * sizeof(v)];
+        size_t n = 0, i = 0;
+
+        do {
+                tmp[n++] = "0123456789abcdef"[v & 15];
+                v >>= 4;
+        } while (v);
+        buf[i++] = '0';
+        buf[i++] = 'x';
+        while (n)
+                buf[i++] = tmp[--n];
+        return i;
+}
+
+static void on_fault(int sig, siginfo_t *si, void *uc)
+{
+        uintptr_t a = (uintptr_t)si->si_addr;
+        struct sigaction *old = sig == SIGBUS ? &old_bus : &old_segv;
+
+        if (in_guard(a)) {
+                static const char pre[] = "stack overflow in task ";
+                char buf[512];
+                const char *name = aiot__stack_overflow_namer ? aiot__stack_overflow_namer() : NULL;
+                size_t n = 0, nl;
+
+                if (!name)
+                        name = "?";
+                nl = strnlen(name, 256);
+                memcpy(buf, pre, sizeof(pre) - 1);
+                n += sizeof(pre) - 1;
+                memcpy(buf + n, name, nl);
+                n += nl;
+                memcpy(buf + n, " (fault at ", 11);
+                n += 11;
+                n += fmt_hex(buf + n, a);
+                memcpy(buf + n, ")\n", 2);
+                n += 2;
+                (void)!write(STDERR_FILENO, buf, n);
+                abort();
+        }
+        /* Not ours: let the fault take its normal course.  With the default
+         * disposition back in place, returning re-executes the faulting access. */
+        if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
+                old->sa_sigaction(sig, si, uc);
+                return;
+        }
+        if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN && old->sa_handler != SIG_ERR) {
+                old->sa_handler(sig);
+                return;
+        }
+        signal(sig, SIG_DFL);
+}
+
+static int altstack_ensure(void)
+{
+        stack_t ss;
+        size_t size = 64 * 1024;
+        long min = sysconf(_SC_MINSIGSTKSZ);
+        void *p;
+
+        if (altstack_done)
+                return 0;
+        if (sigaltstack(NULL, &ss) < 0)
+                return -errno;
+        if (!(ss.ss_flags & SS_DISABLE)) {
+                altstack_done = 1;
+                return 0;
+        }
+        if (min > 0 && (size_t)min * 4 > size)
+                size = round_up((size_t)min * 4, page_size);
+        /* Kept for the thread's lifetime: the handler may run at any moment. */
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+                return -errno;
+        ss = (stack_t){.ss_sp = p, .ss_size = size, .ss_flags = 0};
+        if (sigaltstack(&ss, NULL) < 0) {
+                int r = -errno;
+                munmap(p, size);
+                return r;
+        }
+        altstack_done = 1;
+        return 0;
+}
+
+/* The handler goes in only where nobody else handles the signal; under ASan,
+ * whose own SEGV handler would report a guard hit as an unknown crash, it goes in
+ * first and passes foreign faults on. */
+static void handler_install(int sig, struct sigaction *old)
+{
+        struct sigaction sa;
+
+        if (sigaction(sig, NULL, old) < 0)
+                return;
+#ifndef AIOT_STACK_ASAN
+        if ((old->sa_flags & SA_SIGINFO) || old->sa_handler != SIG_DFL)
+                return;
+#endif
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = on_fault;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(sig, &sa, NULL);
+}
+
+static void probe_light_guards(void)
+{
+        const char *env = getenv("AIOTOOLS_STACK_GUARD");
+        void *p;
+
+        light_guards = 0;
+        if (env && strcmp(env, "mprotect") == 0)
+                return;
+        p = mmap(NULL, 2 * page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+        if (p == MAP_FAILED)
+                return;
+        if (madvise(p, page_size, MADV_GUARD_INSTALL) == 0)
+                light_guards = 1;
+        munmap(p, 2 * page_size);
+}
+
+static int global_setup(void)
+{
+        pthread_mutex_lock(&setup_lock);
+        if (!page_size)
+                page_size = (size_t)sysconf(_SC_PAGESIZE);
+        if (light_guards < 0)
+                probe_light_guards();
+        if (!handler_installed) {
+                handler_install(SIGSEGV, &old_segv);
+                handler_install(SIGBUS, &old_bus);
+                handler_installed = 1;
+        }
+        pthread_mutex_unlock(&setup_lock);
+        return altstack_ensure();
+}
+
+int aiot__stack_light_guards(void)
+{
+        return light_guards > 0;
+}
+
+/* Makes the slot's first GUARD_SIZE bytes fault on access. */
+static int guard_install(char *slot)
+{
+        if (light_guards > 0)
+                return madvise(slot, GUARD_SIZE, MADV_GUARD_INSTALL) < 0 ? -errno : 0;
+        return mprotect(slot, GUARD_SIZE, PROT_NONE) < 0 ? -errno : 0;
+}
+
+int aiot__stack_pool_new(aiot__stack_pool **ret, size_t stack_size)
+{
+        aiot__stack_pool *p;
+        size_t n;
+        int r;
+
+        aiot__return_if(!ret, -EINVAL);
+        aiot__return_if(stack_size > ((size_t)1 << 40), -EINVAL);
+        r = global_setup();
+        if (r < 0)
+                return r;
+        if (stack_size == 0)
+                stack_size = DEFAULT_STACK_SIZE;
+
+        p = calloc(1, sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        p->slot = GUARD_SIZE + round_up(stack_size + HDR_SIZE, page_size);
+        p->usable = p->slot - GUARD_SIZE - HDR_SIZE;
+        n = CHUNK_BYTES / p->slot;
+        p->n_per_chunk = n < CHUNK_MIN_STACKS   ? CHUNK_MIN_STACKS
+                         : n > CHUNK_MAX_STACKS ? CHUNK_MAX_STACKS
+                                                : n;
+        *ret = p;
+        return 0;
+}
+
+void aiot__stack_pool_free(aiot__stack_pool *p)
+{
+        struct chunk *c, *next;
+
+        if (!p)
+                return;
+        assert(p->outstanding == 0);
+        for (c = p->chunks; c; c = next) {
+                next = c->next;
+                region_drop(c->region);
+                munmap(c->base, c->len);
+                free(c);
+        }
+        free(p);
+}
+
+size_t aiot__stack_pool_size(const aiot__stack_pool *p)
+{
+        return p->usable;
+}
+
+static int chunk_add(aiot__stack_pool *p)
+{
+        struct chunk *c = calloc(1, sizeof(*c));
+        void *base;
+
+        if (!c)
+                return -ENOMEM;
+        c->len = p->slot * p->n_per_chunk;
+        /* NORESERVE: untouched stack pages are neither resident nor committed. */
+        base = mmap(NULL, c->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+                    0);
+        if (base == MAP_FAILED) {
+                free(c);
+                return -ENOMEM;
+        }
+        c->base = base;
+        c->region = region_add((uintptr_t)base, c->len, p->slot);
+        if (!c->region) {
+                munmap(base, c->len);
+                free(c);
+                return -ENOMEM;
+        }
+        c->next = p->chunks;
+        p->chunks = c;
+        return 0;
+}
+
+/* Marks [lo, lo + usable) as a stack for valgrind and ASan; the header above it
+ * carries valgrind's id until put. */
+static void stack_handout(struct stack_hdr *h, void *lo, size_t usable)
+{
+        h->next = NULL;
+        h->vg_id = VALGRIND_STACK_REGISTER(lo, (char *)lo + usable);
+}
+
+static int stack_get_odd(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
+{
+        size_t len = GUARD_SIZE + round_up(size + HDR_SIZE, page_size);
+        char *base;
+        int r;
+
+        base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (base == MAP_FAILED)
+                return -ENOMEM;
+        r = guard_install(base);
+        if (r < 0 || !region_add((uintptr_t)base, len, len)) {
+                munmap(base, len);
+                return -ENOMEM;
+        }
+        *lo = base + GUARD_SIZE;
+        *usable = len - GUARD_SIZE - HDR_SIZE;
+        stack_handout((struct stack_hdr *)(base + len - HDR_SIZE), *lo, *usable);
+        p->outstanding++;
+        return 0;
+}
+
+int aiot__stack_get(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
+{
+        struct stack_hdr *h;
+        char *slot;
+        int r;
+
+        assert(p && lo && usable);
+        if (size > ((size_t)1 << 40))
+                return -EINVAL;
+        if (size > p->usable)
+                return stack_get_odd(p, size, lo, usable);
+
+        h = p->free;
+        if (h) {
+                p->free = h->next;
+                slot = (char *)h + HDR_SIZE - p->slot;
+        } else {
+                if (!p->chunks || p->chunks->n_used == p->n_per_chunk) {
+                        r = chunk_add(p);
+                        if (r < 0)
+                                return r;
+                }
+                slot = p->chunks->base + p->chunks->n_used * p->slot;
+                r = guard_install(slot);
+                if (r < 0)
+                        return r == -ENOMEM ? r : -ENOMEM;
+                p->chunks->n_used++;
+                h = (struct stack_hdr *)(slot + p->slot - HDR_SIZE);
+        }
+        *lo = slot + GUARD_SIZE;
+        *usable = p->usable;
+        stack_handout(h, *lo, *usable);
+        p->outstanding++;
+        return 0;
+}
+
+static struct region *region_find(uintptr_t base)
+{
+        for (struct region *r = atomic_load(&regions); r; r = atomic_load(&r->next))
+                if (atomic_load(&r->len) && atomic_load(&r->base) == base)
+                        return r;
+        return NULL;
+}
+
+void aiot__stack_put(aiot__stack_pool *p, void *lo, size_t usable)
+{
+        struct stack_hdr *h = (struct stack_hdr *)((char *)lo + usable);
+
+        assert(p && lo && p->outstanding > 0);
+        VALGRIND_STACK_DEREGISTER(h->vg_id);
+#ifdef AIOT_STACK_ASAN
+        /* A task that ended by switching away left its frames' redzones poisoned;
+         * the next task on this stack must not trip over them. */
+        ASAN_UNPOISON_MEMORY_REGION(lo, usable);
+#endif
+        p->outstanding--;
+        if (usable != p->usable) {
+                char *base = (char *)lo - GUARD_SIZE;
+                struct region *r = region_find((uintptr_t)base);
+
+                if (r)
+                        region_drop(r);
+                munmap(base, GUARD_SIZE + usable + HDR_SIZE);
+                return;
+        }
+        /* The pages stay: reuse is cheap, and a parked pool costs what its tasks
+         * touched.  LIFO, so the most recently used (warm) stack goes out next. */
+        h->next = p->free;
+        p->free = h;
+}

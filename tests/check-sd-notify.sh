@@ -1,0 +1,80 @@
+#!/bin/sh
+# The sd API under the real notify-listener (../shared/tools, python3): the
+# exact sequence of datagrams tests/sd-notify-helper sends, each with the
+# helper's pid as sender, on a path socket and on an abstract one.  In a build
+# without libsystemd, nothing may be sent.
+# The tools directory is $AIOTOOLS_SHARED_TOOLS (default: ../shared/tools next
+# to the source tree).  Missing tools skip the test (77), except under CI=true.
+set -u
+src="${top_srcdir:-.}"
+bld="${top_builddir:-.}"
+tools="${AIOTOOLS_SHARED_TOOLS:-$src/../shared/tools}"
+nl="$tools/notify-listener"
+helper="$bld/tests/sd-notify-helper"
+
+missing() {
+        if [ "${CI:-}" = true ]; then
+                echo "FAIL: $1 (CI=true: the tool must be present)"
+                exit 1
+        fi
+        echo "SKIP: $1"
+        exit 77
+}
+[ -f "$nl" ] || missing "notify-listener not found at $nl (set AIOTOOLS_SHARED_TOOLS)"
+command -v python3 >/dev/null 2>&1 || missing "python3 is not installed (needed by notify-listener)"
+[ -x "$helper" ] || { echo "FAIL: $helper not built"; exit 1; }
+
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+
+run() { # $1: label, rest: notify-listener options
+        label=$1
+        shift
+        if ! python3 "$nl" --timeout 20 --watchdog-usec 400000 "$@" -- "$helper" > "$tmp/out" 2> "$tmp/err"; then
+                echo "FAIL [$label]: helper or listener failed:"
+                cat "$tmp/out" "$tmp/err"
+                fail=1
+                return
+        fi
+        pid=$(sed -n 's/^helper pid=\([0-9]*\) .*/\1/p' "$tmp/out")
+        wd=$(sed -n 's/^helper pid=[0-9]* watchdog_usec=\([0-9]*\)$/\1/p' "$tmp/out")
+        # Drop the timestamps, keep "pid=N MESSAGE"; blank MONOTONIC_USEC's value.
+        grep -v '^helper ' "$tmp/out" | cut -d' ' -f2- |
+                sed 's/MONOTONIC_USEC=[0-9][0-9]*/MONOTONIC_USEC=N/' > "$tmp/got"
+        if grep -q '^helper build=nosystemd$' "$tmp/out"; then
+                # A build without libsystemd: every call is a no-op.
+                : > "$tmp/want"
+                wantwd=0
+                wantsent=0
+        else
+                wantsent=6
+                cat > "$tmp/want" <<EOT
+pid=$pid READY=1;MAINPID=$pid;STATUS=sd-notify-helper ready
+pid=$pid WATCHDOG=1
+pid=$pid RELOADING=1;MONOTONIC_USEC=N;STATUS=reloading
+pid=$pid READY=1;MAINPID=$pid;STATUS=reloaded
+pid=$pid STATUS=custom 42
+pid=$pid STOPPING=1
+EOT
+                wantwd=400000
+        fi
+        if [ -z "$pid" ] || ! diff -u "$tmp/want" "$tmp/got"; then
+                echo "FAIL [$label]: unexpected notify sequence; listener output:"
+                cat "$tmp/out"
+                fail=1
+        elif ! grep -q "^helper sent=$wantsent\$" "$tmp/out"; then
+                echo "FAIL [$label]: want $wantsent calls to report 'sent'; helper said:"
+                grep '^helper ' "$tmp/out"
+                fail=1
+        elif [ "$wd" != "$wantwd" ]; then
+                echo "FAIL [$label]: aiot_sd_watchdog_usec gave '$wd', want $wantwd"
+                fail=1
+        else
+                echo "PASS [$label]: $(wc -l < "$tmp/got") messages, watchdog_usec=$wd"
+                sed 's/^/  /' "$tmp/got"
+        fi
+}
+run path
+run abstract --abstract
+exit $fail

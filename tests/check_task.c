@@ -1,0 +1,1323 @@
+/* SPDX-License-Identifier: MIT */
+/* The task runtime: loop, tasks, cancellation, cancel-and-wait, shields, deadlines,
+ * defer, the virtual clock, events and semaphores.  Built twice: against the
+ * library (assembly switch) and against libaiotools-uc (ucontext switch). */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include <ev.h>
+
+#include <aiotools/log.h>
+#include <aiotools/scope.h>
+#include <aiotools/task.h>
+
+#include "testutil.h"
+
+static double wall(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Runs main(arg) on a fresh loop (virtual clock or not), frees the loop, returns
+ * main's result. */
+static int run(aiot_task_fn main, void *arg, int virtual_clock)
+{
+        struct aiot_loop_opts o = { .size = sizeof(o), .virtual_clock = virtual_clock };
+        aiot_loop *l = NULL;
+        int r;
+
+        ck_assert_int_eq(aiot_loop_new(&l, &o), 0);
+        ck_assert_ptr_nonnull(aiot_loop_ev(l));
+        r = aiot_loop_run(l, main, arg);
+        aiot_loop_free(l);
+        return r;
+}
+
+#define aiot__container_of_cb(w) ((struct from_cb *)(w)->data)
+
+static aiot_scope *open_scope(void)
+{
+        aiot_scope *s = NULL;
+
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        return s;
+}
+
+/* ---------------------------------------------------------------- loop, tasks */
+
+static int ret_arg(void *arg)
+{
+        return (int)(intptr_t)arg;
+}
+
+START_TEST(test_loop_run_returns_result)
+{
+        ck_assert_int_eq(run(ret_arg, (void *)(intptr_t)42, 0), 42);
+        ck_assert_int_eq(run(ret_arg, (void *)(intptr_t)-EIO, 1), -EIO);
+        ck_assert_ptr_null(aiot_current());
+        ck_assert_int_eq(aiot_loop_run(NULL, ret_arg, NULL), -EINVAL);
+        ck_assert_int_eq(aiot_loop_new(NULL, NULL), -EINVAL);
+        aiot_loop_free(NULL);
+}
+END_TEST
+
+static int nested_run(void *arg)
+{
+        aiot_loop *other;
+
+        ck_assert_ptr_nonnull(aiot_current());
+        ck_assert_int_eq(aiot_loop_new(&other, NULL), 0);
+        ck_assert_int_eq(aiot_loop_run(other, ret_arg, NULL), -EBUSY);
+        aiot_loop_free(other);
+        return 7;
+}
+
+START_TEST(test_loop_run_nested_is_busy)
+{
+        ck_assert_int_eq(run(nested_run, NULL, 0), 7);
+}
+END_TEST
+
+static int set_flag(void *arg)
+{
+        *(int *)arg = 1;
+        return 5;
+}
+
+static int spawn_join_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        aiot_task *t;
+        int flag = 0, res = 0;
+
+        ck_assert_int_eq(aiot_spawn(s, set_flag, &flag, &t), 0);
+        ck_assert_int_eq(aiot_task_done(t), 0);
+        ck_assert_int_eq(aiot_task_result(t, &res), -EAGAIN);
+        ck_assert_int_eq(flag, 0); /* starts at the next scheduling point */
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(flag, 1);
+        ck_assert_int_eq(aiot_task_done(t), 1);
+        ck_assert_int_eq(aiot_task_result(t, &res), 0);
+        ck_assert_int_eq(res, 5);
+        res = 0;
+        ck_assert_int_eq(aiot_join(t, &res), 0);
+        ck_assert_int_eq(res, 5);
+        ck_assert_int_eq(aiot_join(aiot_current(), NULL), -EINVAL); /* the root */
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        return 0;
+}
+
+START_TEST(test_spawn_join)
+{
+        ck_assert_int_eq(run(spawn_join_main, NULL, 0), 0);
+}
+END_TEST
+
+static int self_join(void *arg)
+{
+        aiot_task *self = aiot_current();
+
+        ck_assert_int_eq(aiot_join(self, NULL), -EDEADLK);
+        ck_assert_int_eq(aiot_cancel_and_wait(self), -EDEADLK);
+        return 0;
+}
+
+static int deadlk_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        aiot_task *t;
+        int res = -1;
+
+        ck_assert_int_eq(aiot_spawn(s, self_join, NULL, &t), 0);
+        ck_assert_int_eq(aiot_join(t, &res), 0);
+        ck_assert_int_eq(res, 0);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_join_self_is_edeadlk)
+{
+        ck_assert_int_eq(run(deadlk_main, NULL, 0), 0);
+}
+END_TEST
+
+static int count_up(void *arg)
+{
+        ++*(long *)arg;
+        return 0;
+}
+
+/* 100 000 tasks through one scope, half joined, half left to the scope; the loop
+ * is freed at the end, so valgrind / ASan see any leak. */
+static int many_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        long *n = arg;
+
+        for (int i = 0; i < 100000; i++) {
+                aiot_task *t;
+
+                if (i % 2) {
+                        ck_assert_int_eq(aiot_spawn(s, count_up, n, &t), 0);
+                        ck_assert_int_eq(aiot_join(t, NULL), 0);
+                } else {
+                        ck_assert_int_eq(aiot_spawn(s, count_up, n, NULL), 0);
+                }
+        }
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_100k_spawn_join)
+{
+        long n = 0;
+
+        ck_assert_int_eq(run(many_main, &n, 0), 0);
+        ck_assert_int_eq(n, 100000);
+}
+END_TEST
+
+static int big_frame(void *arg)
+{
+        volatile char buf[512 * 1024];
+
+        memset((char *)buf, 1, sizeof(buf));
+        return buf[sizeof(buf) - 1] + buf[0];
+}
+
+static int stack_size_main(void *arg)
+{
+        struct aiot_spawn_opts o = { .size = sizeof(o), .stack_size = 1024 * 1024 };
+        aiot_scope *s = open_scope();
+        aiot_task *t;
+        int res = 0;
+
+        ck_assert_int_eq(aiot_spawn_opts(s, big_frame, NULL, &o, &t), 0);
+        ck_assert_int_eq(aiot_join(t, &res), 0);
+        ck_assert_int_eq(res, 2);
+        o.size = 1;
+        ck_assert_int_eq(aiot_spawn_opts(s, big_frame, NULL, &o, NULL), -EINVAL);
+        ck_assert_int_eq(aiot_spawn(NULL, big_frame, NULL, NULL), -EINVAL);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_spawn_stack_size)
+{
+        ck_assert_int_eq(run(stack_size_main, NULL, 0), 0);
+}
+END_TEST
+
+struct pingpong {
+        int log[8];
+        int n;
+};
+
+static int pp(void *arg)
+{
+        struct pingpong *p = arg;
+
+        for (int i = 0; i < 3; i++) {
+                p->log[p->n++] = (int)(intptr_t)aiot_current();
+                ck_assert_int_eq(aiot_yield(), 0);
+        }
+        return 0;
+}
+
+static int yield_main(void *arg)
+{
+        struct pingpong p = { .n = 0 };
+        aiot_scope *s = open_scope();
+        aiot_task *a, *b;
+
+        ck_assert_int_eq(aiot_spawn(s, pp, &p, &a), 0);
+        ck_assert_int_eq(aiot_spawn(s, pp, &p, &b), 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        /* Round robin: a b a b a b. */
+        ck_assert_int_eq(p.n, 6);
+        for (int i = 0; i < 6; i++)
+                ck_assert_int_eq(p.log[i], p.log[i % 2]);
+        ck_assert_int_ne(p.log[0], p.log[1]);
+        return 0;
+}
+
+START_TEST(test_yield_round_robin)
+{
+        ck_assert_int_eq(run(yield_main, NULL, 0), 0);
+        ck_assert_int_eq(aiot_yield(), -EPERM);
+        ck_assert_int_eq(aiot_sleep(0), -EPERM);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- clock */
+
+static int sleep_hour(void *arg)
+{
+        double t0 = aiot_now();
+
+        ck_assert_int_eq(aiot_sleep(3600), 0);
+        ck_assert(fabs(aiot_now() - t0 - 3600) < 1e-3);
+        ck_assert_int_eq(aiot_sleep(NAN), -EINVAL);
+        return 0;
+}
+
+START_TEST(test_virtual_sleep_hour)
+{
+        double w0 = wall();
+
+        ck_assert_int_eq(run(sleep_hour, NULL, 1), 0);
+        ck_assert(wall() - w0 < 5.0);
+}
+END_TEST
+
+#define N_SLEEPERS 200
+
+struct order {
+        int woke[N_SLEEPERS];
+        int n;
+};
+
+struct sleeper_arg {
+        struct order *o;
+        int id;
+        double secs;
+};
+
+static int sleeper(void *arg)
+{
+        struct sleeper_arg *a = arg;
+
+        ck_assert_int_eq(aiot_sleep(a->secs), 0);
+        a->o->woke[a->o->n++] = a->id;
+        return 0;
+}
+
+static int sleepers_main(void *arg)
+{
+        static struct sleeper_arg args[N_SLEEPERS];
+        struct order *o = arg;
+        aiot_scope *s = open_scope();
+
+        /* Deadlines in a scrambled order, with ties: id i sleeps (i / 2) seconds,
+         * spawned in the order 7i mod N. */
+        for (int k = 0; k < N_SLEEPERS; k++) {
+                int i = (7 * k) % N_SLEEPERS;
+
+                args[i] = (struct sleeper_arg){ .o = o, .id = i, .secs = 1.0 + (double)(i / 2) };
+        }
+        for (int k = 0; k < N_SLEEPERS; k++)
+                ck_assert_int_eq(aiot_spawn(s, sleeper, &args[(7 * k) % N_SLEEPERS], NULL), 0);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_virtual_sleepers_in_order)
+{
+        struct order o = { .n = 0 };
+        int pos[N_SLEEPERS];
+
+        ck_assert_int_eq(run(sleepers_main, &o, 1), 0);
+        ck_assert_int_eq(o.n, N_SLEEPERS);
+        for (int k = 0; k < N_SLEEPERS; k++)
+                pos[o.woke[k]] = k;
+        for (int k = 1; k < N_SLEEPERS; k++)
+                ck_assert_int_le(o.woke[k - 1] / 2, o.woke[k] / 2);
+        /* Ties wake in the order they went to sleep (spawn order 7i mod N). */
+        for (int i = 0; i < N_SLEEPERS; i += 2) {
+                int first_spawned = -1;
+
+                for (int k = 0; k < N_SLEEPERS && first_spawned < 0; k++)
+                        if ((7 * k) % N_SLEEPERS / 2 == i / 2)
+                                first_spawned = (7 * k) % N_SLEEPERS;
+                ck_assert_int_lt(pos[first_spawned], pos[first_spawned ^ 1]);
+        }
+}
+END_TEST
+
+static int real_sleep(void *arg)
+{
+        double t0 = aiot_now(), w0 = wall();
+
+        ck_assert_int_eq(aiot_sleep(0.05), 0);
+        ck_assert(aiot_now() - t0 >= 0.049);
+        ck_assert(wall() - w0 >= 0.049);
+        return 0;
+}
+
+START_TEST(test_real_sleep)
+{
+        ck_assert_int_eq(run(real_sleep, NULL, 0), 0);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- cancellation */
+
+static int wait_forever(void *arg)
+{
+        aiot_event *ev = arg;
+        int r = aiot_event_wait(ev);
+
+        /* Level-triggered: every later blocking call fails the same way. */
+        ck_assert_int_eq(r, -ECANCELED);
+        ck_assert_int_eq(aiot_sleep(1), -ECANCELED);
+        ck_assert_int_eq(aiot_yield(), -ECANCELED);
+        ck_assert_int_eq(aiot_checkpoint(), -ECANCELED);
+        ck_assert_int_eq(aiot_event_wait(ev), -ECANCELED);
+        return r;
+}
+
+/* Waits on an event until cancelled (the scope's deadline cancels it). */
+static int wait_forever_timed(void *arg)
+{
+        int r = aiot_event_wait(arg);
+
+        ck_assert_int_eq(r, -ECANCELED);
+        return r;
+}
+
+static int cancel_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        aiot_event *ev;
+        aiot_task *t;
+        int res = 0;
+
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        ck_assert_int_eq(aiot_spawn(s, wait_forever, ev, &t), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(aiot_cancelling(t), 0);
+        ck_assert_int_eq(aiot_cancel(t), 0);
+        ck_assert_int_eq(aiot_cancel(t), 0);
+        ck_assert_int_eq(aiot_cancelling(t), 2);
+        ck_assert_int_eq(aiot_join(t, &res), 0);
+        ck_assert_int_eq(res, -ECANCELED);
+        ck_assert_int_eq(aiot_cancel(NULL), -EINVAL);
+        aiot_event_free(ev);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_cancel_counted_level_triggered)
+{
+        ck_assert_int_eq(run(cancel_main, NULL, 1), 0);
+}
+END_TEST
+
+/* cancel_and_wait on an ended task: a no-op returning 0, result untouched. */
+static int caw_done_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        aiot_task *t;
+        int res = 0;
+
+        ck_assert_int_eq(aiot_spawn(s, ret_arg, (void *)(intptr_t)3, &t), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(aiot_task_done(t), 1);
+        ck_assert_int_eq(aiot_cancelling(t), 0);
+        ck_assert_int_eq(aiot_task_result(t, &res), 0);
+        ck_assert_int_eq(res, 3);
+        ck_assert_int_eq(aiot_cancel_and_wait(t), 0);
+        ck_assert_int_eq(aiot_checkpoint(), 0);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_caw_finished_noop)
+{
+        ck_assert_int_eq(run(caw_done_main, NULL, 1), 0);
+}
+END_TEST
+
+/* The target's cancellation is absorbed: the caller is not cancelled after. */
+static int caw_absorb_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        aiot_event *ev;
+        aiot_task *t;
+
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        ck_assert_int_eq(aiot_spawn(s, wait_forever, ev, &t), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(aiot_cancel_and_wait(t), 0);
+        ck_assert_int_eq(aiot_checkpoint(), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        ck_assert_int_eq(aiot_cancelling(aiot_current()), 0);
+        aiot_event_free(ev);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_caw_absorbs_target_cancellation)
+{
+        ck_assert_int_eq(run(caw_absorb_main, NULL, 1), 0);
+}
+END_TEST
+
+struct caw_outer {
+        aiot_task *target;
+        aiot_task *waiter;
+        int target_cleanup_done;
+        int waiter_rc;
+};
+
+/* A target whose cancellation takes time: cleanup in a shield sleeps 10 s. */
+static int slow_target(void *arg)
+{
+        struct caw_outer *c = arg;
+        int r = aiot_sleep(1e9);
+
+        ck_assert_int_eq(r, -ECANCELED);
+        aiot_shield_begin();
+        ck_assert_int_eq(aiot_sleep(10), 0);
+        c->target_cleanup_done = 1;
+        aiot_shield_end();
+        return r;
+}
+
+static int caw_waiter(void *arg)
+{
+        struct caw_outer *c = arg;
+
+        c->waiter_rc = aiot_cancel_and_wait(c->target);
+        ck_assert_int_eq(aiot_checkpoint(), -ECANCELED);
+        return c->waiter_rc;
+}
+
+/* The caller is cancelled by another task while waiting: -ECANCELED; the target
+ * stays cancelled and its scope still waits for it. */
+static int caw_outer_main(void *arg)
+{
+        struct caw_outer *c = arg;
+        aiot_scope *s = open_scope();
+        double t0 = aiot_now();
+
+        ck_assert_int_eq(aiot_spawn(s, slow_target, c, &c->target), 0);
+        ck_assert_int_eq(aiot_spawn(s, caw_waiter, c, &c->waiter), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        ck_assert_int_eq(aiot_cancelling(c->target), 1);
+        ck_assert_int_eq(aiot_cancel(c->waiter), 0);
+        ck_assert_int_eq(aiot_join(c->waiter, NULL), 0);
+        ck_assert_int_eq(c->waiter_rc, -ECANCELED);
+        ck_assert_int_eq(c->target_cleanup_done, 0);
+        ck_assert_int_eq(aiot_task_done(c->target), 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        ck_assert_int_eq(c->target_cleanup_done, 1);
+        ck_assert(aiot_now() - t0 >= 10 - 1e-6);
+        return 0;
+}
+
+START_TEST(test_caw_caller_cancelled)
+{
+        struct caw_outer c = { 0 };
+
+        ck_assert_int_eq(run(caw_outer_main, &c, 1), 0);
+}
+END_TEST
+
+/* A target whose cleanup in a shield takes time is waited out. */
+static int caw_slow_main(void *arg)
+{
+        struct caw_outer *c = arg;
+        aiot_scope *s = open_scope();
+        double t0 = aiot_now();
+
+        ck_assert_int_eq(aiot_spawn(s, slow_target, c, &c->target), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(aiot_cancel_and_wait(c->target), 0);
+        ck_assert_int_eq(c->target_cleanup_done, 1);
+        ck_assert(aiot_now() - t0 >= 10 - 1e-6);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_caw_waits_out_shielded_cleanup)
+{
+        struct caw_outer c = { 0 };
+
+        ck_assert_int_eq(run(caw_slow_main, &c, 1), 0);
+}
+END_TEST
+
+static int fail_on_cancel(void *arg)
+{
+        int r = aiot_sleep(1e9);
+
+        ck_assert_int_eq(r, -ECANCELED);
+        return -EIO;
+}
+
+static int count_errors_fn_calls;
+
+static void count_errors(aiot_task *t, int rc, void *userdata)
+{
+        count_errors_fn_calls++;
+}
+
+static int caw_set_main(void *arg)
+{
+        aiot_scope *s;
+        struct aiot_scope_opts o = { .size = sizeof(o), .on_error = count_errors };
+        aiot_task *ts[4];
+        int res[4];
+
+        ck_assert_int_eq(aiot_scope_open(&s, &o), 0);
+        ck_assert_int_eq(aiot_spawn(s, wait_forever, arg, &ts[0]), 0);
+        ck_assert_int_eq(aiot_spawn(s, fail_on_cancel, NULL, &ts[1]), 0);
+        ck_assert_int_eq(aiot_spawn(s, ret_arg, (void *)(intptr_t)9, &ts[2]), 0);
+        ck_assert_int_eq(aiot_spawn(s, wait_forever, arg, &ts[3]), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        {
+                aiot_task *dup[2] = { ts[0], ts[0] };
+
+                ck_assert_int_eq(aiot_cancel_and_wait_all(dup, 2, NULL), -EINVAL);
+        }
+        ck_assert_int_eq(aiot_cancel_and_wait_all(ts, 4, res), 0);
+        ck_assert_int_eq(res[0], -ECANCELED);
+        ck_assert_int_eq(res[1], -EIO);
+        ck_assert_int_eq(res[2], 9);
+        ck_assert_int_eq(res[3], -ECANCELED);
+        ck_assert_int_eq(count_errors_fn_calls, 1); /* the -EIO, once */
+        ck_assert_int_eq(aiot_checkpoint(), 0);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_caw_set_with_failure)
+{
+        aiot_event *ev;
+
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        ck_assert_int_eq(run(caw_set_main, ev, 1), 0);
+        aiot_event_free(ev);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- shields */
+
+struct shield_state {
+        int steps;
+        aiot_task *t;
+};
+
+static int shielded_cleanup(void *arg)
+{
+        struct shield_state *st = arg;
+        int r = aiot_sleep(1e9);
+
+        ck_assert_int_eq(r, -ECANCELED);
+        aiot_shield_begin();
+        for (int i = 0; i < 5; i++) {
+                ck_assert_int_eq(aiot_sleep(1), 0);
+                ck_assert_int_eq(aiot_checkpoint(), 0);
+                st->steps++;
+        }
+        aiot_shield_end();
+        ck_assert_int_eq(aiot_checkpoint(), -ECANCELED);
+        return r;
+}
+
+static int shield_main(void *arg)
+{
+        struct shield_state *st = arg;
+        aiot_scope *s = open_scope();
+        int res = 0;
+
+        ck_assert_int_eq(aiot_spawn(s, shielded_cleanup, st, &st->t), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(aiot_cancel(st->t), 0);     /* first: interrupts the sleep */
+        ck_assert_int_eq(aiot_sleep(2.5), 0);        /* now inside the shield */
+        ck_assert_int_eq(aiot_cancel(st->t), 0);     /* second: inside the shield */
+        ck_assert_int_eq(aiot_join(st->t, &res), 0);
+        ck_assert_int_eq(res, -ECANCELED);
+        ck_assert_int_eq(st->steps, 5);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_shield_cleanup_survives_two_cancels)
+{
+        struct shield_state st = { 0 };
+
+        ck_assert_int_eq(run(shield_main, &st, 1), 0);
+}
+END_TEST
+
+static int nested_shields(void *arg)
+{
+        int *phase = arg;
+
+        aiot_shield_begin();
+        aiot_shield_begin();
+        *phase = 1;
+        ck_assert_int_eq(aiot_sleep(1), 0); /* cancelled meanwhile */
+        aiot_shield_end();
+        /* Still inside the outer shield: nothing delivered yet. */
+        ck_assert_int_eq(aiot_checkpoint(), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        *phase = 2;
+        aiot_shield_end();
+        ck_assert_int_eq(aiot_checkpoint(), -ECANCELED);
+        ck_assert_int_eq(aiot_sleep(1), -ECANCELED);
+        *phase = 3;
+        return -ECANCELED;
+}
+
+static int nested_shield_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        aiot_task *t;
+        int phase = 0, res = 0;
+
+        ck_assert_int_eq(aiot_spawn(s, nested_shields, &phase, &t), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(phase, 1);
+        ck_assert_int_eq(aiot_cancel(t), 0);
+        ck_assert_int_eq(aiot_join(t, &res), 0);
+        ck_assert_int_eq(res, -ECANCELED);
+        ck_assert_int_eq(phase, 3);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_shield_nested_defers_to_outermost)
+{
+        ck_assert_int_eq(run(nested_shield_main, NULL, 1), 0);
+}
+END_TEST
+
+static int self_cancel_in_shield(void *arg)
+{
+        aiot_shield_begin();
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        /* No aiot_shield_end(): the task ends itself by cancellation. */
+        return -ECANCELED;
+}
+
+static int self_cancel_main(void *arg)
+{
+        struct aiot_scope_opts o = { .size = sizeof(o), .on_error = count_errors };
+        aiot_scope *s;
+        aiot_task *t;
+        int res = 0;
+
+        ck_assert_int_eq(aiot_scope_open(&s, &o), 0);
+        ck_assert_int_eq(aiot_spawn(s, self_cancel_in_shield, NULL, &t), 0);
+        ck_assert_int_eq(aiot_join(t, &res), 0);
+        ck_assert_int_eq(res, -ECANCELED);
+        ck_assert_int_eq(count_errors_fn_calls, 0);
+        ck_assert_int_eq(aiot_checkpoint(), 0);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_shield_self_cancel_by_return)
+{
+        ck_assert_int_eq(run(self_cancel_main, NULL, 1), 0);
+}
+END_TEST
+
+/* A cancellation requested inside a shield of the task itself is deferred. */
+static int self_request_main(void *arg)
+{
+        aiot_shield_begin();
+        ck_assert_int_eq(aiot_cancel(aiot_current()), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        aiot_shield_end();
+        ck_assert_int_eq(aiot_sleep(1), -ECANCELED);
+        return 0;
+}
+
+START_TEST(test_shield_self_request_deferred)
+{
+        ck_assert_int_eq(run(self_request_main, NULL, 1), 0);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- deadlines */
+
+static int deadline_main(void *arg)
+{
+        aiot_deadline outer, inner;
+        double t0 = aiot_now();
+
+        ck_assert_int_eq(aiot_deadline_begin(&outer, 10), 0);
+        ck_assert_int_eq(aiot_deadline_begin(&inner, 2), 0);
+        ck_assert_int_eq(aiot_deadline_end(&outer), -EINVAL); /* not innermost */
+        ck_assert_int_eq(aiot_sleep(100), -ETIMEDOUT);
+        ck_assert(fabs(aiot_now() - t0 - 2) < 1e-6);
+        ck_assert_int_eq(aiot_sleep(0), -ETIMEDOUT); /* level-triggered */
+        ck_assert_int_eq(aiot_checkpoint(), -ETIMEDOUT);
+        ck_assert_int_eq(aiot_deadline_end(&inner), 1);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        ck_assert_int_eq(aiot_checkpoint(), 0);
+        /* Inside a shield the outer deadline still applies. */
+        aiot_shield_begin();
+        ck_assert_int_eq(aiot_sleep(100), -ETIMEDOUT);
+        ck_assert(fabs(aiot_now() - t0 - 10) < 1e-6);
+        aiot_shield_end();
+        /* An inner deadline that has not expired does not hide the outer one. */
+        ck_assert_int_eq(aiot_deadline_begin(&inner, 50), 0);
+        ck_assert_int_eq(aiot_sleep(1), -ETIMEDOUT);
+        ck_assert_int_eq(aiot_deadline_end(&inner), 0);
+        ck_assert_int_eq(aiot_deadline_end(&outer), 1);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        /* One that does not expire. */
+        ck_assert_int_eq(aiot_deadline_begin(&inner, 5), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        ck_assert_int_eq(aiot_deadline_end(&inner), 0);
+        ck_assert_int_eq(aiot_deadline_end(&inner), -EINVAL);
+        /* Already expired, and never. */
+        ck_assert_int_eq(aiot_deadline_begin(&inner, 0), 0);
+        ck_assert_int_eq(aiot_yield(), -ETIMEDOUT);
+        ck_assert_int_eq(aiot_deadline_end(&inner), 1);
+        ck_assert_int_eq(aiot_deadline_begin(&inner, INFINITY), 0);
+        ck_assert_int_eq(aiot_sleep(1e6), 0);
+        ck_assert_int_eq(aiot_deadline_end(&inner), 0);
+        ck_assert_int_eq(aiot_deadline_begin(&inner, NAN), -EINVAL);
+        ck_assert_int_eq(aiot_deadline_end(&inner), -EINVAL);
+        return 0;
+}
+
+START_TEST(test_deadlines_nest_and_pierce_shields)
+{
+        aiot_deadline d;
+
+        ck_assert_int_eq(run(deadline_main, NULL, 1), 0);
+        ck_assert_int_eq(aiot_deadline_begin(&d, 1), -EPERM);
+        ck_assert_int_eq(aiot_deadline_end(&d), -EINVAL);
+}
+END_TEST
+
+/* A cancellation and a deadline both reach a parked task; a deadline interrupts a
+ * wait in a shield, a cancellation does not. */
+static int deadline_event_main(void *arg)
+{
+        aiot_event *ev = arg;
+        aiot_deadline d;
+
+        aiot_shield_begin();
+        ck_assert_int_eq(aiot_deadline_begin(&d, 3), 0);
+        ck_assert_int_eq(aiot_event_wait(ev), -ETIMEDOUT);
+        ck_assert_int_eq(aiot_deadline_end(&d), 1);
+        aiot_shield_end();
+        return 0;
+}
+
+START_TEST(test_deadline_interrupts_event_wait_in_shield)
+{
+        aiot_event *ev;
+
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        ck_assert_int_eq(run(deadline_event_main, ev, 1), 0);
+        aiot_event_free(ev);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- defer */
+
+struct defer_log {
+        int order[8];
+        int n;
+        int blocked_ok;
+};
+
+static struct defer_log *dlog;
+
+static void rec1(void *arg)
+{
+        dlog->order[dlog->n++] = 1;
+}
+
+static void rec2(void *arg)
+{
+        dlog->order[dlog->n++] = 2;
+}
+
+static void rec_blocking(void *arg)
+{
+        /* Runs shielded: blocks normally even in a cancelled task. */
+        dlog->blocked_ok = aiot_sleep(1) == 0 && aiot_yield() == 0;
+        dlog->order[dlog->n++] = 3;
+}
+
+static int defer_task(void *arg)
+{
+        int how = (int)(intptr_t)arg;
+
+        ck_assert_int_eq(aiot_defer(rec1, NULL), 0);
+        ck_assert_int_eq(aiot_defer(rec_blocking, NULL), 0);
+        ck_assert_int_eq(aiot_defer(rec2, NULL), 0);
+        ck_assert_int_eq(aiot_defer(NULL, NULL), -EINVAL);
+        if (how == 0)
+                return 0;
+        if (how == 1)
+                return -EIO;
+        return aiot_sleep(1e9); /* cancelled */
+}
+
+static int defer_main(void *arg)
+{
+        struct aiot_scope_opts o = { .size = sizeof(o), .on_error = count_errors };
+        aiot_scope *s;
+        aiot_task *t;
+        int how = (int)(intptr_t)arg, res = 1;
+
+        ck_assert_int_eq(aiot_scope_open(&s, &o), 0);
+        ck_assert_int_eq(aiot_spawn(s, defer_task, arg, &t), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        if (how == 2) {
+                ck_assert_int_eq(dlog->n, 0); /* parked, defers not run yet */
+                ck_assert_int_eq(aiot_cancel(t), 0);
+        }
+        ck_assert_int_eq(aiot_join(t, &res), 0);
+        ck_assert_int_eq(res, how == 0 ? 0 : how == 1 ? -EIO : -ECANCELED);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_defer_lifo)
+{
+        struct defer_log l = { .n = 0 };
+
+        dlog = &l;
+        ck_assert_int_eq(run(defer_main, (void *)(intptr_t)_i, 1), 0);
+        ck_assert_int_eq(l.n, 3);
+        ck_assert_int_eq(l.order[0], 2);
+        ck_assert_int_eq(l.order[1], 3);
+        ck_assert_int_eq(l.order[2], 1);
+        ck_assert_int_eq(l.blocked_ok, 1);
+        ck_assert_int_eq(aiot_defer(rec1, NULL), -EPERM);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- events */
+
+struct ev_arg {
+        aiot_event *ev;
+        int *log;
+        int *n;
+        int id;
+        int rc;
+};
+
+static int ev_waiter(void *arg)
+{
+        struct ev_arg *a = arg;
+
+        a->rc = aiot_event_wait(a->ev);
+        if (a->rc == 0)
+                a->log[(*a->n)++] = a->id;
+        return a->rc;
+}
+
+static int event_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        aiot_event *ev;
+        struct ev_arg a[5];
+        aiot_task *t[5];
+        int log[5], n = 0;
+
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        for (int i = 0; i < 5; i++) {
+                a[i] = (struct ev_arg){ .ev = ev, .log = log, .n = &n, .id = i, .rc = 1 };
+                ck_assert_int_eq(aiot_spawn(s, ev_waiter, &a[i], &t[i]), 0);
+        }
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(aiot_event_is_set(ev), 0);
+        ck_assert_int_eq(aiot_cancel(t[2]), 0);
+        ck_assert_int_eq(aiot_join(t[2], NULL), 0);
+        ck_assert_int_eq(a[2].rc, -ECANCELED);
+        ck_assert_int_eq(aiot_event_set(ev), 0);
+        ck_assert_int_eq(aiot_event_is_set(ev), 1);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        ck_assert_int_eq(n, 4);
+        ck_assert_int_eq(log[0], 0);
+        ck_assert_int_eq(log[1], 1);
+        ck_assert_int_eq(log[2], 3);
+        ck_assert_int_eq(log[3], 4);
+        /* Set: returns at once; cleared: waits again. */
+        ck_assert_int_eq(aiot_event_wait(ev), 0);
+        aiot_event_clear(ev);
+        ck_assert_int_eq(aiot_event_is_set(ev), 0);
+        {
+                aiot_deadline d;
+
+                ck_assert_int_eq(aiot_deadline_begin(&d, 1), 0);
+                ck_assert_int_eq(aiot_event_wait(ev), -ETIMEDOUT);
+                ck_assert_int_eq(aiot_deadline_end(&d), 1);
+        }
+        /* Freed with a waiter: -EIDRM. */
+        s = open_scope();
+        a[0].rc = 1;
+        ck_assert_int_eq(aiot_spawn(s, ev_waiter, &a[0], NULL), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        aiot_event_free(ev);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        ck_assert_int_eq(a[0].rc, -EIDRM);
+        ck_assert_int_eq(aiot_event_set(NULL), -EINVAL);
+        ck_assert_int_eq(aiot_event_wait(NULL), -EINVAL);
+        return 0;
+}
+
+START_TEST(test_event_wakes_all_fifo)
+{
+        aiot_log_set_level(AIOT_LOG_ERR);
+        ck_assert_int_eq(run(event_main, NULL, 1), 0);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- semaphores */
+
+struct sem_arg {
+        aiot_sem *sem;
+        int *log;
+        int *n;
+        int id;
+        int rc;
+        int *inside, *max_inside;
+};
+
+static int sem_user(void *arg)
+{
+        struct sem_arg *a = arg;
+
+        a->rc = aiot_sem_acquire(a->sem);
+        if (a->rc)
+                return a->rc;
+        a->log[(*a->n)++] = a->id;
+        if (++*a->inside > *a->max_inside)
+                *a->max_inside = *a->inside;
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        --*a->inside;
+        ck_assert_int_eq(aiot_sem_release(a->sem), 0);
+        return 0;
+}
+
+static int sem_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        aiot_sem *sem;
+        struct sem_arg a[6];
+        aiot_task *t[6];
+        int log[6], n = 0, inside = 0, max_inside = 0;
+
+        ck_assert_int_eq(aiot_sem_new(&sem, 2), 0);
+        ck_assert_int_eq(aiot_sem_value(sem), 2);
+        for (int i = 0; i < 6; i++) {
+                a[i] = (struct sem_arg){ .sem = sem, .log = log, .n = &n, .id = i, .rc = 1, .inside = &inside,
+                                         .max_inside = &max_inside };
+                ck_assert_int_eq(aiot_spawn(s, sem_user, &a[i], &t[i]), 0);
+        }
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(aiot_sem_value(sem), 0);
+        ck_assert_int_eq(aiot_sem_try_acquire(sem), -EAGAIN);
+        /* A cancelled waiter takes no unit with it. */
+        ck_assert_int_eq(aiot_cancel(t[3]), 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        ck_assert_int_eq(a[3].rc, -ECANCELED);
+        ck_assert_int_eq(n, 5);
+        ck_assert_int_eq(max_inside, 2);
+        ck_assert_int_eq(log[0], 0);
+        ck_assert_int_eq(log[1], 1);
+        ck_assert_int_eq(log[2], 2);
+        ck_assert_int_eq(log[3], 4);
+        ck_assert_int_eq(log[4], 5);
+        ck_assert_int_eq(aiot_sem_value(sem), 2);
+        ck_assert_int_eq(aiot_sem_try_acquire(sem), 0);
+        ck_assert_int_eq(aiot_sem_try_acquire(sem), 0);
+        {
+                aiot_deadline d;
+
+                ck_assert_int_eq(aiot_deadline_begin(&d, 1), 0);
+                ck_assert_int_eq(aiot_sem_acquire(sem), -ETIMEDOUT);
+                ck_assert_int_eq(aiot_deadline_end(&d), 1);
+        }
+        ck_assert_int_eq(aiot_sem_release(sem), 0);
+        ck_assert_int_eq(aiot_sem_release(sem), 0);
+        ck_assert_int_eq(aiot_sem_value(sem), 2);
+        aiot_sem_free(sem);
+        ck_assert_int_eq(aiot_sem_new(NULL, 1), -EINVAL);
+        ck_assert_int_eq(aiot_sem_release(NULL), -EINVAL);
+        return 0;
+}
+
+START_TEST(test_sem_fifo_and_cancel)
+{
+        ck_assert_int_eq(run(sem_main, NULL, 1), 0);
+}
+END_TEST
+
+/* A parked task's stack stays intact while others run (no frame corruption
+ * across many switches, with the runtime's ev loop used beside it). */
+static void idle_cb(struct ev_loop *ev, ev_idle *w, int revents)
+{
+        int *n = w->data;
+
+        if (++*n == 3)
+                ev_idle_stop(ev, w);
+}
+
+static int ev_beside_main(void *arg)
+{
+        ev_idle idle;
+        int n = 0;
+
+        ev_idle_init(&idle, idle_cb);
+        idle.data = &n;
+        ev_idle_start(aiot_loop_ev(arg), &idle);
+        while (n < 3)
+                ck_assert_int_eq(aiot_sleep(0.001), 0);
+        return 0;
+}
+
+START_TEST(test_raw_libev_watchers_beside_tasks)
+{
+        aiot_loop *l;
+
+        ck_assert_int_eq(aiot_loop_new(&l, NULL), 0);
+        ck_assert_int_eq(aiot_loop_run(l, ev_beside_main, l), 0);
+        aiot_loop_free(l);
+}
+END_TEST
+
+
+/* The caller is cancelled while waiting for a set: nothing is released, every
+ * target stays cancelled and the scope still waits for them. */
+struct caw_set_outer {
+        aiot_task *ts[2];
+        int rc;
+};
+
+static int caw_set_waiter(void *arg)
+{
+        struct caw_set_outer *o = arg;
+
+        o->rc = aiot_cancel_and_wait_all(o->ts, 2, NULL);
+        return o->rc;
+}
+
+static int caw_set_outer_main(void *arg)
+{
+        struct caw_outer c[2] = { { 0 }, { 0 } };
+        struct caw_set_outer o = { .rc = 1 };
+        aiot_scope *s = open_scope();
+        aiot_task *w;
+        int res = 0;
+
+        ck_assert_int_eq(aiot_spawn(s, slow_target, &c[0], &o.ts[0]), 0);
+        ck_assert_int_eq(aiot_spawn(s, slow_target, &c[1], &o.ts[1]), 0);
+        ck_assert_int_eq(aiot_spawn(s, caw_set_waiter, &o, &w), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        ck_assert_int_eq(aiot_cancel(w), 0);
+        ck_assert_int_eq(aiot_join(w, NULL), 0);
+        ck_assert_int_eq(o.rc, -ECANCELED);
+        /* The handles are still valid: join them. */
+        ck_assert_int_eq(aiot_join(o.ts[0], &res), 0);
+        ck_assert_int_eq(res, -ECANCELED);
+        ck_assert_int_eq(c[0].target_cleanup_done, 1);
+        ck_assert_int_eq(aiot_task_done(o.ts[1]), 1);
+        ck_assert_int_eq(c[1].target_cleanup_done, 1);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_caw_set_caller_cancelled)
+{
+        ck_assert_int_eq(run(caw_set_outer_main, NULL, 1), 0);
+}
+END_TEST
+
+/* Callbacks outside any task may spawn and cancel. */
+struct from_cb {
+        aiot_scope *s;
+        aiot_task *victim;
+        int spawned_ran;
+        ev_timer w;
+};
+
+static int mark_ran(void *arg)
+{
+        ((struct from_cb *)arg)->spawned_ran = 1;
+        return 0;
+}
+
+static void from_cb_fire(struct ev_loop *ev, ev_timer *w, int revents)
+{
+        struct from_cb *f = aiot__container_of_cb(w);
+
+        ck_assert_ptr_null(aiot_current());
+        ck_assert_int_eq(aiot_spawn(f->s, mark_ran, f, NULL), 0);
+        ck_assert_int_eq(aiot_cancel(f->victim), 0);
+}
+
+static int from_cb_main(void *arg)
+{
+        aiot_loop *l = arg;
+        struct from_cb f = { .spawned_ran = 0 };
+        aiot_event *ev;
+        int res = 0;
+
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        f.s = open_scope();
+        ck_assert_int_eq(aiot_spawn(f.s, wait_forever, ev, &f.victim), 0);
+        ev_timer_init(&f.w, from_cb_fire, 0.001, 0);
+        f.w.data = &f;
+        ev_timer_start(aiot_loop_ev(l), &f.w);
+        ck_assert_int_eq(aiot_join(f.victim, &res), 0);
+        ck_assert_int_eq(res, -ECANCELED);
+        ck_assert_int_eq(aiot_scope_close(f.s), 0);
+        ck_assert_int_eq(f.spawned_ran, 1);
+        aiot_event_free(ev);
+        return 0;
+}
+
+START_TEST(test_spawn_and_cancel_from_libev_callback)
+{
+        aiot_loop *l;
+
+        ck_assert_int_eq(aiot_loop_new(&l, NULL), 0);
+        ck_assert_int_eq(aiot_loop_run(l, from_cb_main, l), 0);
+        aiot_loop_free(l);
+}
+END_TEST
+
+/* Overflowing a task's stack is reported with the task's name and aborts. */
+static int recurse(void *arg)
+{
+        volatile char pad[1024];
+
+        pad[0] = (char)(intptr_t)arg;
+        if ((intptr_t)arg < 0) /* never: keeps the compiler from calling it infinite */
+                return 0;
+        return recurse((void *)((intptr_t)arg + 1)) + pad[0];
+}
+
+__attribute__((unused)) static int overflow_main(void *arg)
+{
+        struct aiot_spawn_opts o = { .size = sizeof(o), .stack_size = 64 * 1024 };
+        aiot_scope *s = open_scope();
+
+        ck_assert_int_eq(aiot_spawn_opts(s, recurse, NULL, &o, NULL), 0);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_stack_overflow_names_task)
+{
+#if defined(__SANITIZE_ADDRESS__)
+        return; /* ASan reports the overflow itself */
+#else
+        char out[4096];
+        size_t len = 0;
+        int pfd[2], status;
+        ssize_t r;
+        pid_t pid;
+
+        if (getenv("LD_PRELOAD") && strstr(getenv("LD_PRELOAD"), "vgpreload"))
+                return; /* valgrind reports it itself */
+        ck_assert_int_eq(pipe(pfd), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                struct rlimit nocore = { 0, 0 };
+
+                setrlimit(RLIMIT_CORE, &nocore);
+                dup2(pfd[1], STDERR_FILENO);
+                close(pfd[0]);
+                run(overflow_main, NULL, 0);
+                _exit(0);
+        }
+        close(pfd[1]);
+        while (len < sizeof(out) - 1 && (r = read(pfd[0], out + len, sizeof(out) - 1 - len)) != 0) {
+                if (r < 0 && errno == EINTR)
+                        continue;
+                ck_assert_int_gt(r, 0);
+                len += (size_t)r;
+        }
+        out[len] = '\0';
+        close(pfd[0]);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "status %#x: %s", status, out);
+        ck_assert_msg(strstr(out, "stack overflow in task 0x") && strstr(out, " (fn 0x"), "stderr: %s", out);
+#endif
+}
+END_TEST
+
+/* A deadline around a scope expires while the host waits in close. */
+static int close_deadline_main(void *arg)
+{
+        aiot_scope *s;
+        aiot_deadline d;
+        aiot_event *ev;
+        aiot_task *t;
+        double t0 = aiot_now();
+
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        ck_assert_int_eq(aiot_deadline_begin(&d, 2), 0);
+        s = open_scope();
+        ck_assert_int_eq(aiot_spawn(s, wait_forever_timed, ev, &t), 0);
+        ck_assert_int_eq(aiot_scope_close(s), -ETIMEDOUT);
+        ck_assert_int_eq(aiot_deadline_end(&d), 1);
+        ck_assert(fabs(aiot_now() - t0 - 2) < 1e-6);
+        aiot_event_free(ev);
+        return 0;
+}
+
+START_TEST(test_deadline_expires_during_close)
+{
+        ck_assert_int_eq(run(close_deadline_main, NULL, 1), 0);
+}
+END_TEST
+
+#ifdef AIOT_TEST_UCONTEXT
+/* This build links libaiotools-uc statically, whose internals are reachable. */
+const char *aiot__ctx_impl(void);
+
+START_TEST(test_runs_on_ucontext)
+{
+        ck_assert_str_eq(aiot__ctx_impl(), "ucontext");
+}
+END_TEST
+#endif
+
+static Suite *task_suite(void)
+{
+        Suite *s = suite_create("task");
+        TCase *tc = tcase_create("core");
+
+        tcase_set_timeout(tc, 60);
+        tcase_add_test(tc, test_loop_run_returns_result);
+        tcase_add_test(tc, test_loop_run_nested_is_busy);
+        tcase_add_test(tc, test_spawn_join);
+        tcase_add_test(tc, test_join_self_is_edeadlk);
+        tcase_add_test(tc, test_100k_spawn_join);
+        tcase_add_test(tc, test_spawn_stack_size);
+        tcase_add_test(tc, test_yield_round_robin);
+        tcase_add_test(tc, test_virtual_sleep_hour);
+        tcase_add_test(tc, test_virtual_sleepers_in_order);
+        tcase_add_test(tc, test_real_sleep);
+        tcase_add_test(tc, test_cancel_counted_level_triggered);
+        tcase_add_test(tc, test_caw_finished_noop);
+        tcase_add_test(tc, test_caw_absorbs_target_cancellation);
+        tcase_add_test(tc, test_caw_caller_cancelled);
+        tcase_add_test(tc, test_caw_waits_out_shielded_cleanup);
+        tcase_add_test(tc, test_caw_set_with_failure);
+        tcase_add_test(tc, test_shield_cleanup_survives_two_cancels);
+        tcase_add_test(tc, test_shield_nested_defers_to_outermost);
+        tcase_add_test(tc, test_shield_self_cancel_by_return);
+        tcase_add_test(tc, test_shield_self_request_deferred);
+        tcase_add_test(tc, test_deadlines_nest_and_pierce_shields);
+        tcase_add_test(tc, test_deadline_interrupts_event_wait_in_shield);
+        tcase_add_loop_test(tc, test_defer_lifo, 0, 3);
+        tcase_add_test(tc, test_event_wakes_all_fifo);
+        tcase_add_test(tc, test_sem_fifo_and_cancel);
+        tcase_add_test(tc, test_raw_libev_watchers_beside_tasks);
+        tcase_add_test(tc, test_caw_set_caller_cancelled);
+        tcase_add_test(tc, test_spawn_and_cancel_from_libev_callback);
+        tcase_add_test(tc, test_stack_overflow_names_task);
+        tcase_add_test(tc, test_deadline_expires_during_close);
+#ifdef AIOT_TEST_UCONTEXT
+        tcase_add_test(tc, test_runs_on_ucontext);
+#endif
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void)
+{
+        return testutil_run(task_suite());
+}

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Quick start for a fresh Debian machine (run as root from a clone of the tree):
-#   contrib/quickstart.sh run    install what is missing, build, run the demo
+#   contrib/quickstart.sh run    install what is missing, build, serve the echo example
 #   contrib/quickstart.sh test   install what is missing, build, run `make check`
 # The build lives in ./build so the source tree stays clean.
 set -eu
@@ -44,8 +44,11 @@ case "${1:-}" in
 run)
         install_missing
         build
-        echo "quickstart: running examples/fork-demo"
-        exec "$build/examples/fork-demo"
+        cd "$build"
+        echo "quickstart: serving the echo example module on 127.0.0.1:8080 with 2 workers"
+        echo "quickstart: talk to it from another terminal: nc 127.0.0.1 8080 (every line comes back)"
+        echo "quickstart: Ctrl-C here stops it (open connections get up to 30 s to finish)"
+        exec ./daemon/aiotools-serve -w 2 -b 127.0.0.1:8080 examples/.libs/echo.so
         ;;
 test)
         install_missing

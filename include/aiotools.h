@@ -5,5 +5,13 @@
 
 #include <aiotools/log.h>
 #include <aiotools/fork.h>
+#include <aiotools/task.h>
+#include <aiotools/scope.h>
+#include <aiotools/io.h>
+#include <aiotools/timer.h>
+#include <aiotools/sd.h>
+#include <aiotools/listen.h>
+#include <aiotools/server.h>
+#include <aiotools/module.h>
 
 #endif

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+/* aiotools-serve's command line: a pure parser (no I/O, no globals, no exit),
+ * so that it can be unit-tested and fuzzed. */
+#ifndef AIOT_SERVE_CLI_H
+#define AIOT_SERVE_CLI_H
+
+#include <stddef.h>
+
+#define CLI_MAX_WORKERS 1024
+#define CLI_MAX_BINDS 64
+#define CLI_MAX_SIGNALS 8
+
+struct cli_config {
+        int workers;                    /* 0: online CPUs */
+        const char *binds[CLI_MAX_BINDS];
+        size_t n_binds;
+        int reuseport;
+        double stop_timeout;            /* seconds; default 30 */
+        int stop_signals[CLI_MAX_SIGNALS];
+        size_t n_stop_signals;          /* 0: the default, INT and TERM */
+        const char *user, *group, *pidfile;
+        int restart_limit;              /* crashes ... */
+        double restart_window;          /* ... within this many seconds stop the server */
+        int no_pidfd;
+        int log_level;                  /* -1: not given */
+        int check, help, version;
+        const char *module;             /* NULL only with help or version */
+        int module_argc;                /* the module's own arguments, after "--" */
+        char **module_argv;             /* points into argv; not NULL-terminated by us */
+};
+
+/* Parses argv (argv[0] is the program name) into *cfg.  Strings in *cfg point
+ * into argv.  Returns 0, or -EINVAL with one line in err (no newline) naming
+ * the bad option or value; *cfg is then partially filled and must not be used.
+ * Never prints, allocates or exits. */
+int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t errlen);
+
+/* Parses a signal name ("TERM", "SIGTERM", "term") or number for --stop-signals.
+ * Returns the signal number, or -EINVAL. */
+int cli_parse_signal(const char *name);
+
+/* The name of a signal without "SIG" ("TERM"), or NULL. */
+const char *cli_signal_name(int signo);
+
+#endif

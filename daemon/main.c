@@ -1,0 +1,195 @@
+/* SPDX-License-Identifier: MIT */
+/* aiotools-serve: loads a module and runs it under the prefork supervisor.
+ * A thin client of the public API: option parsing is in cli.c, the lifecycle
+ * in the library's server module. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <aiotools.h>
+
+#include "cli.h"
+
+static const char usage_text[] =
+        "Usage: aiotools-serve [OPTIONS] MODULE [-- MODULE-ARGS...]\n"
+        "Run MODULE (a shared object exporting 'aiot_module') in prefork worker processes.\n"
+        "\n"
+        "  -w, --workers=N          worker processes (default: online CPUs)\n"
+        "  -b, --bind=ADDR          HOST:PORT, [V6ADDR]:PORT or unix:PATH; repeatable\n"
+        "      --reuseport          each worker binds its own SO_REUSEPORT socket\n"
+        "  -t, --stop-timeout=S     seconds before remaining workers are killed (default 30)\n"
+        "      --stop-signals=L     signals that stop the server (default INT,TERM)\n"
+        "  -u, --user=U             workers drop to this user after binding\n"
+        "  -g, --group=G            workers drop to this group after binding\n"
+        "  -p, --pidfile=PATH       write the supervisor's PID to PATH\n"
+        "      --restart-limit=N/S  stop after more than N crashes within S seconds (default 5/10)\n"
+        "      --no-pidfd           track workers with SIGCHLD instead of pidfds\n"
+        "      --log-level=LEVEL    err, warning, notice, info (default) or debug\n"
+        "      --check              load and validate MODULE (and the addresses), then exit\n"
+        "  -h, --help               show this help and exit\n"
+        "  -V, --version            show the version and exit\n"
+        "\n"
+        "Exit status: 0 after a clean stop, 1 when the server failed, 2 for usage and\n"
+        "configuration errors.  See aiotools-serve(1).\n";
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+        char line[1024];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(line, sizeof(line), fmt, ap);
+        va_end(ap);
+        fprintf(stderr, "aiotools-serve: %s\n", line);
+        return AIOT_EXIT_USAGE;
+}
+
+/* Loads the module; on failure prints one line and returns NULL. */
+static const struct aiot_module *load_module(const char *path, void **handle)
+{
+        const struct aiot_module *m;
+        struct stat st;
+        char *full = NULL;
+        const char *err;
+        void *h;
+
+        if (stat(path, &st) < 0) {
+                usage_error("cannot open module '%s': %s", path, strerror(errno));
+                return NULL;
+        }
+        if (!S_ISREG(st.st_mode)) {
+                usage_error("cannot load module '%s': not a regular file", path);
+                return NULL;
+        }
+        /* A bare name would make dlopen() search the library path, not the
+         * current directory the user means. */
+        if (!strchr(path, '/') && asprintf(&full, "./%s", path) < 0) {
+                usage_error("out of memory");
+                return NULL;
+        }
+        h = dlopen(full ? full : path, RTLD_NOW | RTLD_LOCAL);
+        free(full);
+        if (!h) {
+                err = dlerror();
+                usage_error("cannot load module '%s': %s", path, err ? err : "unknown error");
+                return NULL;
+        }
+        dlerror();
+        m = dlsym(h, AIOT_MODULE_SYMBOL);
+        if (!m) {
+                usage_error("module '%s' does not export '%s' (see aiot_module(3))", path, AIOT_MODULE_SYMBOL);
+                dlclose(h);
+                return NULL;
+        }
+        if (m->abi != AIOT_MODULE_ABI) {
+                usage_error("module '%s' was built for module ABI %u, this aiotools-serve supports ABI %d", path,
+                            m->abi, AIOT_MODULE_ABI);
+                dlclose(h);
+                return NULL;
+        }
+        if (!m->worker || (m->n_extra && !m->extra)) {
+                usage_error("module '%s' is incomplete: %s", path, !m->worker ? "no worker function"
+                                                                             : "extra processes without functions");
+                dlclose(h);
+                return NULL;
+        }
+        for (size_t i = 0; i < m->n_extra; i++)
+                if (!m->extra[i]) {
+                        usage_error("module '%s' is incomplete: extra process %zu has no function", path, i);
+                        dlclose(h);
+                        return NULL;
+                }
+        *handle = h;
+        return m;
+}
+
+/* --check also parses the addresses, without binding. */
+static int check_binds(const struct cli_config *cli)
+{
+        for (size_t i = 0; i < cli->n_binds; i++) {
+                struct aiot_bind_addr a;
+                char err[256];
+
+                if (aiot_listen_parse(cli->binds[i], 0, &a, err, sizeof(err)) < 0)
+                        return usage_error("%s", err);
+        }
+        return 0;
+}
+
+int main(int argc, char **argv)
+{
+        struct cli_config cli;
+        struct aiot_server_config cfg = {.size = sizeof(cfg)};
+        const struct aiot_module *m;
+        char err[512], **margv;
+        void *handle = NULL;
+        int status;
+
+        if (cli_parse(argc, argv, &cli, err, sizeof(err)) < 0)
+                return usage_error("%s", err);
+        if (cli.help) {
+                fputs(usage_text, stdout);
+                return AIOT_EXIT_OK;
+        }
+        if (cli.version) {
+                printf("aiotools-serve (%s) %s, module ABI %d\n", PACKAGE_NAME, PACKAGE_VERSION, AIOT_MODULE_ABI);
+                return AIOT_EXIT_OK;
+        }
+        if (cli.log_level >= 0)
+                aiot_log_set_level(cli.log_level);
+        /* Before anything forks: the fork module reads it once. */
+        if (cli.no_pidfd)
+                setenv("AIOTOOLS_NO_PIDFD", "1", 1);
+
+        /* Syntax errors in addresses are reported before the module is even loaded. */
+        if (check_binds(&cli) != 0)
+                return AIOT_EXIT_USAGE;
+        m = load_module(cli.module, &handle);
+        if (!m)
+                return AIOT_EXIT_USAGE;
+        if (cli.check) {
+                printf("module '%s' (%s): ABI %u, %s main context, %zu extra process%s\n",
+                               m->name ? m->name : "?", cli.module, m->abi, m->main_ctx ? "with a" : "no",
+                               m->n_extra, m->n_extra == 1 ? "" : "es");
+                dlclose(handle);
+                return AIOT_EXIT_OK;
+        }
+
+        /* The module sees argv[0] = its path, then the arguments after "--". */
+        margv = calloc((size_t)cli.module_argc + 2, sizeof(*margv));
+        if (!margv)
+                return usage_error("out of memory");
+        margv[0] = (char *)cli.module;
+        memcpy(margv + 1, cli.module_argv, (size_t)cli.module_argc * sizeof(*margv));
+
+        cfg.workers = cli.workers;
+        cfg.worker = m->worker;
+        cfg.main_ctx = m->main_ctx;
+        cfg.extra = m->extra;
+        cfg.n_extra = m->n_extra;
+        cfg.binds = cli.binds;
+        cfg.n_binds = cli.n_binds;
+        cfg.reuseport = cli.reuseport;
+        cfg.stop_signals = cli.stop_signals;
+        cfg.n_stop_signals = cli.n_stop_signals;
+        /* 0 means "the default" in the config; the option's 0 means "at once". */
+        cfg.stop_timeout = cli.stop_timeout > 0 ? cli.stop_timeout : 1e-9;
+        cfg.restart_limit = cli.restart_limit;
+        cfg.restart_window = cli.restart_window;
+        cfg.argc = cli.module_argc + 1;
+        cfg.argv = margv;
+        cfg.user = cli.user;
+        cfg.group = cli.group;
+        cfg.pidfile = cli.pidfile;
+        cfg.no_pidfd = cli.no_pidfd;
+        aiot_log(AIOT_LOG_DEBUG, "module '%s' loaded from %s", m->name ? m->name : "?", cli.module);
+        status = aiot_server_run(&cfg);
+        free(margv);
+        /* The module stays loaded: its code may still be referenced by atexit handlers. */
+        return status;
+}

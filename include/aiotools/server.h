@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: MIT */
+/* The prefork lifecycle: a supervisor forks N workers (and optional extra
+ * processes), each running the user's worker context as the root task of a
+ * fresh task loop; see aiot_server_run(3). */
+#ifndef AIOTOOLS_SERVER_H
+#define AIOTOOLS_SERVER_H
+
+#include <stddef.h>
+
+#include <aiotools/listen.h>
+#include <aiotools/task.h>
+
+#pragma GCC visibility push(default)
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Exit statuses returned by aiot_server_run() (and aiotools-serve's). */
+#define AIOT_EXIT_OK 0      /* stopped by a stop signal, everything clean */
+#define AIOT_EXIT_FAILURE 1 /* a setup failed, a crash loop, a teardown error */
+#define AIOT_EXIT_USAGE 2   /* a bad configuration: nothing was started */
+
+/* The handle a context function receives.  Owned by the server; valid until
+ * the context function returns. */
+typedef struct aiot_worker aiot_worker;
+
+/* What runs the context (aiot_worker_kind()). */
+enum aiot_worker_kind {
+        AIOT_WORKER = 1, /* one of the N workers */
+        AIOT_EXTRA = 2,  /* an extra process */
+        AIOT_MAIN = 3,   /* the main context, in the supervisor */
+};
+
+/* A context: setup, then aiot_worker_wait_stop(), then teardown.  Runs as the
+ * root task of its process's loop.  Returns 0, or a negative errno that the
+ * supervisor reports (before wait_stop: the setup failed). */
+typedef int (*aiot_worker_fn)(aiot_worker *w);
+typedef aiot_worker_fn aiot_main_fn;
+
+/* The yield of the context.  Marks the process ready (in a worker or extra
+ * process: reports to the supervisor; in the main context: lets the
+ * supervisor fork the workers), then parks until the stop signal arrives and
+ * returns its number (SIGINT, SIGTERM ...).  In the main context it returns
+ * once every worker and extra process has exited.  Returns -EINVAL for NULL,
+ * -EALREADY when called a second time, -EPERM outside w's root task. */
+int aiot_worker_wait_stop(aiot_worker *w);
+
+/* The index: 0..N-1 for workers, 0..n_extra-1 for extra processes, -1 for the
+ * main context; -EINVAL for NULL.  A respawned worker keeps its index. */
+int aiot_worker_index(const aiot_worker *w);
+
+/* AIOT_WORKER, AIOT_EXTRA or AIOT_MAIN; -EINVAL for NULL. */
+int aiot_worker_kind(const aiot_worker *w);
+
+/* The process's task loop (NULL for NULL). */
+aiot_loop *aiot_worker_loop(aiot_worker *w);
+
+/* A scope hosted by the root task for the context's background tasks.  After
+ * the context function returns it is cancelled and waited for.  NULL for NULL. */
+aiot_scope *aiot_worker_scope(aiot_worker *w);
+
+/* Stores in *ret the array of listening sockets (fd, name, bound address) and
+ * returns how many there are.  Workers and the main context see every
+ * listener (in --reuseport mode each worker its own socket per address);
+ * extra processes see none.  The array and the sockets belong to the server. */
+size_t aiot_worker_listeners(const aiot_worker *w, const aiot_listener **ret);
+
+/* What the main context set with aiot_worker_set_data() (NULL if nothing). */
+void *aiot_worker_data(const aiot_worker *w);
+
+/* Main context only, before its aiot_worker_wait_stop(): data every worker
+ * and extra process then reads with aiot_worker_data() (they inherit the
+ * supervisor's memory, so it is a pointer into the same address layout).
+ * Returns 0, -EINVAL (NULL), -EPERM (not the main context), -EALREADY (the
+ * workers have already been forked). */
+int aiot_worker_set_data(aiot_worker *m, void *data);
+
+/* The arguments handed to the server (config argc/argv; for aiotools-serve
+ * argv[0] is the module path and the rest are the arguments after "--").
+ * argv is NULL-terminated.  argc is -EINVAL for NULL. */
+int aiot_worker_argc(const aiot_worker *w);
+char *const *aiot_worker_argv(const aiot_worker *w);
+
+struct aiot_server_config {
+        size_t size;                    /* sizeof(struct aiot_server_config), so the struct can grow */
+        int workers;                    /* 1..1024; 0: the number of online CPUs */
+        aiot_worker_fn worker;          /* required */
+        aiot_main_fn main_ctx;          /* optional */
+        const aiot_worker_fn *extra;    /* optional extra processes ... */
+        size_t n_extra;                 /* ... and how many */
+        const char *const *binds;       /* bind addresses (see aiot_listen_parse(3)) ... */
+        size_t n_binds;                 /* ... and how many */
+        int reuseport;                  /* every worker binds its own SO_REUSEPORT socket */
+        const int *stop_signals;        /* NULL/0: SIGINT and SIGTERM */
+        size_t n_stop_signals;
+        double stop_timeout;            /* seconds before SIGKILL; 0: 30; < 0: none at all */
+        int restart_limit;              /* this many crashes ... 0: 5 */
+        double restart_window;          /* ... within this many seconds stop the server; 0: 10 */
+        int argc;                       /* handed to every context */
+        char *const *argv;
+        const char *user, *group;       /* workers and extra processes drop to these after binding */
+        const char *pidfile;            /* written once listening, removed at exit */
+        int no_pidfd;                   /* use the SIGCHLD fallback even where pidfd works */
+};
+
+/* Runs the server until it stops and returns the process exit status:
+ * AIOT_EXIT_OK after a stop signal, AIOT_EXIT_FAILURE when a setup failed or
+ * the crash-loop limit was hit, AIOT_EXIT_USAGE for a bad config (a bad or
+ * busy address, an unknown user ...), with one log line saying why.  Must be
+ * called outside any task loop, once per process; it installs handlers for
+ * the stop signals and SIGPIPE (ignored) for its duration. */
+int aiot_server_run(const struct aiot_server_config *cfg);
+
+#ifdef __cplusplus
+}
+#endif
+
+#pragma GCC visibility pop
+
+#endif

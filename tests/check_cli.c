@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: MIT */
+/* aiotools-serve's option parser (daemon/cli.c), as a pure function. */
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "aiotools/log.h"
+#include "cli.h"
+#include "testutil.h"
+
+static struct cli_config cfg;
+static char err[512];
+
+/* Parses a NULL-terminated list of arguments (argv[0] is added). */
+static int parse(const char *first, ...)
+{
+        static char *argv[64] = {"aiotools-serve"};
+        int argc = 1;
+        va_list ap;
+
+        va_start(ap, first);
+        for (const char *a = first; a; a = va_arg(ap, const char *))
+                argv[argc++] = (char *)a;
+        va_end(ap);
+        argv[argc] = NULL;
+        return cli_parse(argc, argv, &cfg, err, sizeof(err));
+}
+
+START_TEST(test_defaults)
+{
+        ck_assert_int_eq(parse("mod.so", NULL), 0);
+        ck_assert_str_eq(cfg.module, "mod.so");
+        ck_assert_int_eq(cfg.workers, 0);
+        ck_assert_uint_eq(cfg.n_binds, 0);
+        ck_assert_double_eq(cfg.stop_timeout, 30.0);
+        ck_assert_uint_eq(cfg.n_stop_signals, 0);
+        ck_assert_int_eq(cfg.restart_limit, 5);
+        ck_assert_double_eq(cfg.restart_window, 10.0);
+        ck_assert_int_eq(cfg.log_level, -1);
+        ck_assert_int_eq(cfg.module_argc, 0);
+        ck_assert(!cfg.check && !cfg.help && !cfg.version && !cfg.reuseport && !cfg.no_pidfd);
+}
+END_TEST
+
+START_TEST(test_every_option_long)
+{
+        ck_assert_int_eq(parse("--workers=4", "--bind=127.0.0.1:80", "--bind", "unix:/tmp/s", "--reuseport",
+                               "--stop-timeout=2.5", "--stop-signals=USR1,SIGTERM", "--user=nobody",
+                               "--group", "nogroup", "--pidfile=/run/x.pid", "--restart-limit=3/7.5", "--no-pidfd",
+                               "--log-level=debug", "--check", "mod.so", "--", "a", "--b", "-c", NULL),
+                         0);
+        ck_assert_int_eq(cfg.workers, 4);
+        ck_assert_uint_eq(cfg.n_binds, 2);
+        ck_assert_str_eq(cfg.binds[0], "127.0.0.1:80");
+        ck_assert_str_eq(cfg.binds[1], "unix:/tmp/s");
+        ck_assert(cfg.reuseport && cfg.no_pidfd && cfg.check);
+        ck_assert_double_eq(cfg.stop_timeout, 2.5);
+        ck_assert_uint_eq(cfg.n_stop_signals, 2);
+        ck_assert_int_eq(cfg.stop_signals[0], SIGUSR1);
+        ck_assert_int_eq(cfg.stop_signals[1], SIGTERM);
+        ck_assert_str_eq(cfg.user, "nobody");
+        ck_assert_str_eq(cfg.group, "nogroup");
+        ck_assert_str_eq(cfg.pidfile, "/run/x.pid");
+        ck_assert_int_eq(cfg.restart_limit, 3);
+        ck_assert_double_eq(cfg.restart_window, 7.5);
+        ck_assert_int_eq(cfg.log_level, AIOT_LOG_DEBUG);
+        ck_assert_str_eq(cfg.module, "mod.so");
+        ck_assert_int_eq(cfg.module_argc, 3);
+        ck_assert_str_eq(cfg.module_argv[0], "a");
+        ck_assert_str_eq(cfg.module_argv[1], "--b");
+        ck_assert_str_eq(cfg.module_argv[2], "-c");
+}
+END_TEST
+
+START_TEST(test_short_options)
+{
+        ck_assert_int_eq(parse("-w", "3", "-b127.0.0.1:1", "-t", "0", "-u", "u", "-gg", "-p", "p", "mod.so", NULL),
+                         0);
+        ck_assert_int_eq(cfg.workers, 3);
+        ck_assert_str_eq(cfg.binds[0], "127.0.0.1:1");
+        ck_assert_double_eq(cfg.stop_timeout, 0.0);
+        ck_assert_str_eq(cfg.user, "u");
+        ck_assert_str_eq(cfg.group, "g");
+        ck_assert_str_eq(cfg.pidfile, "p");
+        /* Options after MODULE, as with GNU getopt; bundled flags. */
+        ck_assert_int_eq(parse("mod.so", "-w2", "--restart-limit=9", NULL), 0);
+        ck_assert_int_eq(cfg.workers, 2);
+        ck_assert_int_eq(cfg.restart_limit, 9);
+        ck_assert_double_eq(cfg.restart_window, 10.0);
+        ck_assert_int_eq(parse("-hV", NULL), 0);
+        ck_assert(cfg.help && cfg.version);
+        ck_assert_int_eq(parse("--help", NULL), 0);
+        ck_assert(cfg.help);
+        ck_assert_int_eq(parse("-V", NULL), 0);
+        ck_assert(cfg.version);
+}
+END_TEST
+
+/* Every bad input: -EINVAL and one line naming the bad value. */
+static const struct {
+        const char *args[4];
+        const char *needle;
+} bad[] = {
+        {{"--frobnicate", "m.so"}, "unknown option '--frobnicate'"},
+        {{"-x", "m.so"}, "unknown option '-x'"},
+        {{"-w", "0", "m.so"}, "invalid worker count '0'"},
+        {{"-w", "abc", "m.so"}, "invalid worker count 'abc'"},
+        {{"--workers=-3", "m.so"}, "invalid worker count '-3'"},
+        {{"-w", "99999", "m.so"}, "invalid worker count '99999'"},
+        {{"-w", "4x", "m.so"}, "invalid worker count '4x'"},
+        {{"-w"}, "option -w needs a value"},
+        {{"m.so", "--bind"}, "option --bind needs a value"},
+        {{"--bind=", "m.so"}, "empty address"},
+        {{"-t", "-1", "m.so"}, "invalid stop timeout '-1'"},
+        {{"-t", "nan", "m.so"}, "invalid stop timeout 'nan'"},
+        {{"-t", "inf", "m.so"}, "invalid stop timeout 'inf'"},
+        {{"--stop-signals=INT,FOO", "m.so"}, "unknown signal 'FOO'"},
+        {{"--stop-signals=KILL", "m.so"}, "KILL cannot be a stop signal"},
+        {{"--stop-signals=INT,INT", "m.so"}, "given twice"},
+        {{"--stop-signals=INT,", "m.so"}, "invalid --stop-signals 'INT,'"},
+        {{"--restart-limit=0/10", "m.so"}, "invalid --restart-limit '0/10'"},
+        {{"--restart-limit=5/0", "m.so"}, "invalid --restart-limit '5/0'"},
+        {{"--restart-limit=x", "m.so"}, "invalid --restart-limit 'x'"},
+        {{"--log-level=loud", "m.so"}, "invalid log level 'loud'"},
+        {{"--check=yes", "m.so"}, "option --check takes no value"},
+        {{NULL}, "no MODULE given"},
+        {{"-w", "2"}, "no MODULE given"},
+        {{"a.so", "b.so"}, "unexpected argument 'b.so'"},
+        {{"--reuseport", "m.so"}, "--reuseport needs at least one --bind"},
+        {{""}, "empty module path"},
+};
+
+START_TEST(test_bad_input)
+{
+        char *argv[8] = {"aiotools-serve"};
+        int argc = 1;
+
+        for (int j = 0; j < 4 && bad[_i].args[j]; j++)
+                argv[argc++] = (char *)bad[_i].args[j];
+        argv[argc] = NULL;
+        ck_assert_int_eq(cli_parse(argc, argv, &cfg, err, sizeof(err)), -EINVAL);
+        ck_assert_msg(strstr(err, bad[_i].needle), "case %d: '%s' lacks '%s'", _i, err, bad[_i].needle);
+        ck_assert_ptr_null(strchr(err, '\n'));
+}
+END_TEST
+
+START_TEST(test_signal_names)
+{
+        ck_assert_int_eq(cli_parse_signal("TERM"), SIGTERM);
+        ck_assert_int_eq(cli_parse_signal("sigint"), SIGINT);
+        ck_assert_int_eq(cli_parse_signal("SIGUSR2"), SIGUSR2);
+        ck_assert_int_eq(cli_parse_signal("10"), 10);
+        ck_assert_int_eq(cli_parse_signal("0"), -EINVAL);
+        ck_assert_int_eq(cli_parse_signal("SIG"), -EINVAL);
+        ck_assert_int_eq(cli_parse_signal(NULL), -EINVAL);
+        ck_assert_str_eq(cli_signal_name(SIGTERM), "TERM");
+        ck_assert_ptr_null(cli_signal_name(0));
+}
+END_TEST
+
+/* A tiny truncated error buffer and NULL buffers never overflow or crash. */
+START_TEST(test_small_err_buffer)
+{
+        char *argv[] = {"aiotools-serve", "--no-such-option-with-a-long-name", NULL};
+        char small[8];
+
+        ck_assert_int_eq(cli_parse(2, argv, &cfg, small, sizeof(small)), -EINVAL);
+        ck_assert_uint_eq(strlen(small), 7);
+        ck_assert_int_eq(cli_parse(2, argv, &cfg, NULL, 0), -EINVAL);
+        ck_assert_int_eq(cli_parse(1, argv, NULL, err, sizeof(err)), -EINVAL);
+}
+END_TEST
+
+static Suite *cli_suite(void)
+{
+        Suite *s = suite_create("cli");
+        TCase *tc = tcase_create("parse");
+
+        tcase_add_test(tc, test_defaults);
+        tcase_add_test(tc, test_every_option_long);
+        tcase_add_test(tc, test_short_options);
+        tcase_add_loop_test(tc, test_bad_input, 0, (int)(sizeof(bad) / sizeof(bad[0])));
+        tcase_add_test(tc, test_signal_names);
+        tcase_add_test(tc, test_small_err_buffer);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void)
+{
+        return testutil_run(cli_suite());
+}

@@ -1,0 +1,260 @@
+/* SPDX-License-Identifier: MIT */
+/* A module for the server tests, configured by its arguments (after "--"):
+ *   log=PATH      append one line per event: "EVENT KIND INDEX PID VALUE"
+ *                 (ready: VALUE = the main context's data; stop: the signal;
+ *                 main-teardown: the signal)
+ *   data=N        the main context hands N to every process
+ *   fail=I        worker I fails its setup with -EADDRNOTAVAIL
+ *   slow=I        worker I takes 300 ms for its setup
+ *   crash=I       worker I exits with status 3 50 ms after it is ready
+ *   ignore=1      workers ignore the stop signal (they must be killed)
+ *   mainfail=1    the main context fails its setup with -ENOTCONN
+ * Every process also logs "uid KIND INDEX PID UID" and "api KIND INDEX PID OK"
+ * where OK is 1 when the worker API answered as documented.
+ * Every worker answers each connection with "w INDEX PID\n" and closes it.
+ * One extra process is always there; it only waits. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <aiotools.h>
+
+struct opts {
+        const char *log;
+        int data, fail, slow, crash, ignore, mainfail;
+};
+
+static struct opts parse_opts(aiot_worker *w)
+{
+        struct opts o = {.fail = -1, .slow = -1, .crash = -1};
+        char *const *argv = aiot_worker_argv(w);
+
+        for (int i = 1; i < aiot_worker_argc(w); i++) {
+                const char *a = argv[i];
+
+                if (!strncmp(a, "log=", 4))
+                        o.log = a + 4;
+                else if (!strncmp(a, "data=", 5))
+                        o.data = atoi(a + 5);
+                else if (!strncmp(a, "fail=", 5))
+                        o.fail = atoi(a + 5);
+                else if (!strncmp(a, "slow=", 5))
+                        o.slow = atoi(a + 5);
+                else if (!strncmp(a, "crash=", 6))
+                        o.crash = atoi(a + 6);
+                else if (!strncmp(a, "ignore=", 7))
+                        o.ignore = atoi(a + 7);
+                else if (!strncmp(a, "mainfail=", 9))
+                        o.mainfail = atoi(a + 9);
+        }
+        return o;
+}
+
+static void event(const struct opts *o, const char *what, aiot_worker *w, int value)
+{
+        char line[128];
+        int n, fd;
+        const char *kind = aiot_worker_kind(w) == AIOT_MAIN ? "m" : aiot_worker_kind(w) == AIOT_EXTRA ? "e" : "w";
+
+        if (!o->log)
+                return;
+        n = snprintf(line, sizeof(line), "%s %s %d %d %d\n", what, kind, aiot_worker_index(w), (int)getpid(), value);
+        /* O_APPEND and one write: lines of concurrent processes never mix. */
+        fd = open(o->log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+                (void)!write(fd, line, (size_t)n);
+                close(fd);
+        }
+}
+
+/* Logs how many fds of each kind the process has beyond 0, 1 and 2. */
+static void log_fds(const struct opts *o, aiot_worker *w)
+{
+        static const char *const kinds[][2] = {
+                {"fd-epoll", "anon_inode:[eventpoll]"}, {"fd-pidfd", "anon_inode:[pidfd]"},
+                {"fd-pipe", "pipe:"}, {"fd-socket", "socket:"},
+        };
+        int counts[4] = {0};
+        DIR *d = opendir("/proc/self/fd");
+        struct dirent *de;
+
+        if (!d)
+                return;
+        while ((de = readdir(d))) {
+                char path[64], target[128];
+                int fd = atoi(de->d_name);
+                ssize_t n;
+
+                if (de->d_name[0] == '.' || fd <= 2 || fd == dirfd(d))
+                        continue;
+                snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+                n = readlink(path, target, sizeof(target) - 1);
+                if (n < 0)
+                        continue;
+                target[n] = '\0';
+                for (int k = 0; k < 4; k++)
+                        if (!strncmp(target, kinds[k][1], strlen(kinds[k][1])))
+                                counts[k]++;
+        }
+        closedir(d);
+        for (int k = 0; k < 4; k++)
+                event(o, kinds[k][0], w, counts[k]);
+}
+
+/* The documented answers of the worker API in a worker or extra process. */
+static int api_ok(aiot_worker *w)
+{
+        const aiot_listener *ls = (const aiot_listener *)1;
+        int kind = aiot_worker_kind(w);
+
+        return aiot_worker_loop(w) != NULL && aiot_worker_scope(w) != NULL && (kind == AIOT_WORKER || kind == AIOT_EXTRA) &&
+               aiot_worker_index(NULL) == -EINVAL && aiot_worker_kind(NULL) == -EINVAL &&
+               aiot_worker_argc(NULL) == -EINVAL && aiot_worker_argv(NULL) == NULL &&
+               aiot_worker_loop(NULL) == NULL && aiot_worker_scope(NULL) == NULL && aiot_worker_data(NULL) == NULL &&
+               aiot_worker_listeners(NULL, &ls) == 0 && ls == NULL &&
+               aiot_worker_wait_stop(NULL) == -EINVAL && aiot_worker_set_data(w, NULL) == -EPERM &&
+               aiot_worker_set_data(NULL, NULL) == -EINVAL && aiot_worker_argv(w)[aiot_worker_argc(w)] == NULL &&
+               (kind == AIOT_WORKER || aiot_worker_listeners(w, NULL) == 0);
+}
+
+/* wait_stop from another task than the root: -EPERM. */
+static int not_root(void *arg)
+{
+        return aiot_worker_wait_stop(arg) == -EPERM ? 0 : -EPROTO;
+}
+
+static int data_of(aiot_worker *w)
+{
+        int *d = aiot_worker_data(w);
+
+        return d ? *d : -1;
+}
+
+struct acceptor {
+        aiot_worker *w;
+        int lfd;
+};
+
+static int accept_loop(void *arg)
+{
+        struct acceptor *a = arg;
+        char line[64];
+
+        for (;;) {
+                int fd = aiot_accept(a->lfd, NULL, NULL);
+
+                if (fd == -ECANCELED || fd == -ETIMEDOUT)
+                        return 0;
+                if (fd < 0)
+                        continue;
+                snprintf(line, sizeof(line), "w %d %d\n", aiot_worker_index(a->w), (int)getpid());
+                aiot_write_all(fd, line, strlen(line));
+                aiot_close(fd);
+        }
+}
+
+static int crash_later(void *arg)
+{
+        (void)arg;
+        if (aiot_sleep(0.05) == 0)
+                _exit(3);
+        return 0;
+}
+
+static int test_worker(aiot_worker *w)
+{
+        struct opts o = parse_opts(w);
+        int idx = aiot_worker_index(w), sig;
+        const aiot_listener *ls;
+        size_t n = aiot_worker_listeners(w, &ls);
+        struct acceptor *acc = calloc(n + 1, sizeof(*acc));
+
+        if (!acc)
+                return -ENOMEM;
+        if (idx == o.slow)
+                aiot_sleep(0.3);
+        if (idx == o.fail) {
+                free(acc);
+                return -EADDRNOTAVAIL;
+        }
+        for (size_t i = 0; i < n; i++) {
+                acc[i] = (struct acceptor){.w = w, .lfd = ls[i].fd};
+                aiot_spawn(aiot_worker_scope(w), accept_loop, &acc[i], NULL);
+        }
+        if (idx == o.crash)
+                aiot_spawn(aiot_worker_scope(w), crash_later, NULL, NULL);
+        log_fds(&o, w);
+        {
+                aiot_task *t;
+                int rc = -1;
+
+                aiot_spawn(aiot_worker_scope(w), not_root, w, &t);
+                aiot_join(t, &rc);
+                event(&o, "api", w, api_ok(w) && rc == 0);
+        }
+        event(&o, "uid", w, (int)getuid());
+        event(&o, "ready", w, data_of(w));
+        sig = aiot_worker_wait_stop(w);
+        event(&o, "stop", w, sig);
+        if (aiot_worker_wait_stop(w) != -EALREADY)
+                event(&o, "api-again-failed", w, 0);
+        if (o.ignore)
+                for (;;)
+                        aiot_sleep(3600);
+        free(acc);
+        return 0;
+}
+
+static int test_extra(aiot_worker *w)
+{
+        struct opts o = parse_opts(w);
+        int sig;
+
+        log_fds(&o, w);
+        event(&o, "api", w, api_ok(w));
+        event(&o, "uid", w, (int)getuid());
+        event(&o, "ready", w, data_of(w));
+        sig = aiot_worker_wait_stop(w);
+        event(&o, "stop", w, sig);
+        return 0;
+}
+
+static int test_main(aiot_worker *m)
+{
+        struct opts o = parse_opts(m);
+        int *data = malloc(sizeof(*data)), sig;
+
+        if (!data)
+                return -ENOMEM;
+        *data = o.data;
+        if (o.mainfail) {
+                free(data);
+                return -ENOTCONN;
+        }
+        aiot_worker_set_data(m, data);
+        event(&o, "main-setup", m, *data);
+        event(&o, "api", m,
+              aiot_worker_kind(m) == AIOT_MAIN && aiot_worker_index(m) == -1 && aiot_worker_loop(m) != NULL &&
+                      aiot_worker_data(m) == data);
+        sig = aiot_worker_wait_stop(m);
+        event(&o, "main-teardown", m, sig);
+        event(&o, "api-late", m, aiot_worker_set_data(m, NULL) == -EALREADY);
+        free(data);
+        return 0;
+}
+
+static const aiot_worker_fn extras[] = {test_extra};
+
+const struct aiot_module aiot_module = {
+        .abi = AIOT_MODULE_ABI,
+        .name = "srvtest",
+        .worker = test_worker,
+        .main_ctx = test_main,
+        .extra = extras,
+        .n_extra = 1,
+};

@@ -16,14 +16,15 @@
 #include "stack.h"
 
 #if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
 #define AIOT_HAVE_VALGRIND 1
 #endif
 #endif
 #ifndef AIOT_HAVE_VALGRIND
 #define VALGRIND_STACK_REGISTER(lo, hi) 0u
 #define VALGRIND_STACK_DEREGISTER(id) ((void)(id))
+#define VALGRIND_MAKE_MEM_UNDEFINED(p, n) ((void)(p), (void)(n))
 #endif
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -375,12 +376,16 @@ static int chunk_add(aiot__stack_pool *p)
         return 0;
 }
 
-/* Marks [lo, lo + usable) as a stack for valgrind and ASan; the header above it
- * carries valgrind's id until put. */
+/* Marks [lo, lo + usable) as a stack for valgrind; the header above it carries
+ * valgrind's id until put.  A reused stack still carries valgrind's view of the
+ * previous task's frames (popped, so unaddressable, or defined from before):
+ * whoever gets it starts from scratch, as with fresh memory.  (ASan's view is
+ * reset at put.) */
 static void stack_handout(struct stack_hdr *h, void *lo, size_t usable)
 {
         h->next = NULL;
         h->vg_id = VALGRIND_STACK_REGISTER(lo, (char *)lo + usable);
+        VALGRIND_MAKE_MEM_UNDEFINED(lo, usable);
 }
 
 static int stack_get_odd(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)

@@ -26,12 +26,9 @@
 #include <ev.h>
 
 #if defined(__has_include)
-#if __has_include(<valgrind/memcheck.h>)
-#include <valgrind/memcheck.h>
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
 #endif
-#endif
-#ifndef VALGRIND_MAKE_MEM_UNDEFINED
-#define VALGRIND_MAKE_MEM_UNDEFINED(p, n) ((void)(p), (void)(n))
 #endif
 #ifndef RUNNING_ON_VALGRIND
 #define RUNNING_ON_VALGRIND 0
@@ -471,9 +468,6 @@ static int task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_s
                 aiot__task_free(t);
                 return r;
         }
-        /* A reused stack still carries valgrind's view of the finished task's
-         * frames (popped, so unaddressable); the new task starts from scratch. */
-        VALGRIND_MAKE_MEM_UNDEFINED(lo, usable);
         t->loop = l;
         t->fn = fn;
         t->arg = arg;

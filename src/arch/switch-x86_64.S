@@ -46,16 +46,22 @@ aiot__ctx_swap:
         pushq   %r13
         pushq   %r14
         pushq   %r15
-        pushq   $0                      /* the pad bytes must compare equal below */
+        pushq   $0                      /* the pad: a new context's frame has 0 */
         stmxcsr (%rsp)
         fnstcw  4(%rsp)
         movq    %rsp, (%rdi)
-        movq    (%rsp), %rax
+        /* Two loads of the sizes just stored: one 8-byte load spanning both
+         * stores could not be forwarded from them and would wait for the
+         * stores to retire (~4 ns). */
+        movl    (%rsp), %eax
+        movzwl  4(%rsp), %ecx
 
         movq    %rsi, %rsp
         /* Loading MXCSR and the x87 control word costs more than the rest of the
          * switch; they almost never differ between contexts, so compare first. */
-        cmpq    (%rsp), %rax
+        cmpl    (%rsp), %eax
+        jne     2f
+        cmpw    4(%rsp), %cx
         jne     2f
 1:      addq    $8, %rsp
         popq    %r15

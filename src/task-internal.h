@@ -59,6 +59,10 @@ struct ev_loop;
 /* ---- loop and task access */
 
 aiot_loop *aiot__loop_current(void);
+/* In a forked child: forget the loop the parent was running on this thread, so
+ * that aiot_now()/aiot_current() stop reporting it (aiot_loop_run() does this
+ * by itself when it sees the pid changed). */
+void aiot__task_after_fork(void);
 aiot_task *aiot__task_current(void);
 aiot_loop *aiot__task_loop(const aiot_task *t);
 struct ev_loop *aiot__loop_ev(aiot_loop *l);

@@ -66,6 +66,7 @@ struct aiot_loop {
         size_t stack_size;
         int virtual_clock;
         int running;
+        pid_t run_pid;           /* the process that runs it: a forked child abandons it */
         uint64_t vnow;
         aiot__ctx sched; /* the scheduler, on the thread's stack */
         aiot__ctx dead;  /* where a finished task's last switch saves into */
@@ -97,6 +98,11 @@ static __thread aiot_loop *tls_loop __attribute__((tls_model("initial-exec")));
 aiot_loop *aiot__loop_current(void)
 {
         return tls_loop;
+}
+
+void aiot__task_after_fork(void)
+{
+        tls_loop = NULL;
 }
 
 aiot_task *aiot__task_current(void)
@@ -1149,7 +1155,12 @@ int aiot_loop_run(aiot_loop *l, aiot_task_fn main, void *arg)
         int r;
 
         aiot__return_if(!l || !main, -EINVAL);
-        if (l->running || tls_loop)
+        /* A child forked while a loop ran (in a task or a libev callback)
+         * inherits that loop as current, but will never resume it: it may
+         * start a fresh one. */
+        if (tls_loop && tls_loop->run_pid != getpid())
+                aiot__task_after_fork();
+        if ((l->running && l->run_pid == getpid()) || tls_loop)
                 return -EBUSY;
         r = task_new_raw(l, main, arg, 0, &root);
         if (r < 0)
@@ -1157,6 +1168,7 @@ int aiot_loop_run(aiot_loop *l, aiot_task_fn main, void *arg)
         root->is_root = 1;
         l->root = root;
         l->running = 1;
+        l->run_pid = getpid();
         tls_loop = l;
         scheduler(l);
         tls_loop = NULL;

@@ -1274,6 +1274,45 @@ START_TEST(test_runs_on_ucontext)
 END_TEST
 #endif
 
+/* A child forked from inside a running task abandons the parent's loop and may
+ * run a fresh one (the supervisor forks workers this way). */
+static int child_main(void *arg)
+{
+        aiot_sleep(0.001);
+        return 42;
+}
+
+static int fork_from_task(void *arg)
+{
+        pid_t pid = fork();
+        int st;
+
+        if (pid == 0) {
+                aiot_loop *fresh = NULL;
+                int r;
+
+                if (aiot_loop_new(&fresh, NULL) < 0)
+                        _exit(1);
+                r = aiot_loop_run(fresh, child_main, NULL);
+                aiot_loop_free(fresh);
+                _exit(r == 42 ? 0 : 2);
+        }
+        ck_assert_int_gt(pid, 0);
+        ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+        ck_assert(WIFEXITED(st));
+        return WEXITSTATUS(st);
+}
+
+START_TEST(test_fresh_loop_in_forked_child)
+{
+        aiot_loop *l = NULL;
+
+        ck_assert_int_eq(aiot_loop_new(&l, NULL), 0);
+        ck_assert_int_eq(aiot_loop_run(l, fork_from_task, NULL), 0);
+        aiot_loop_free(l);
+}
+END_TEST
+
 static Suite *task_suite(void)
 {
         Suite *s = suite_create("task");
@@ -1282,6 +1321,7 @@ static Suite *task_suite(void)
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_loop_run_returns_result);
         tcase_add_test(tc, test_loop_run_nested_is_busy);
+        tcase_add_test(tc, test_fresh_loop_in_forked_child);
         tcase_add_test(tc, test_spawn_join);
         tcase_add_test(tc, test_join_self_is_edeadlk);
         tcase_add_test(tc, test_100k_spawn_join);

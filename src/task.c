@@ -1157,10 +1157,11 @@ int aiot_loop_run(aiot_loop *l, aiot_task_fn main, void *arg)
         aiot__return_if(!l || !main, -EINVAL);
         /* A child forked while a loop ran (in a task or a libev callback)
          * inherits that loop as current, but will never resume it: it may
-         * start a fresh one. */
+         * start a fresh one.  The inherited loop itself stays busy: its run
+         * queue and timers hold the parent's tasks. */
         if (tls_loop && tls_loop->run_pid != getpid())
                 aiot__task_after_fork();
-        if ((l->running && l->run_pid == getpid()) || tls_loop)
+        if (l->running || tls_loop)
                 return -EBUSY;
         r = task_new_raw(l, main, arg, 0, &root);
         if (r < 0)

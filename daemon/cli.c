@@ -16,7 +16,7 @@
 
 enum opt_id {
         OPT_WORKERS, OPT_BIND, OPT_REUSEPORT, OPT_STOP_TIMEOUT, OPT_STOP_SIGNALS, OPT_USER, OPT_GROUP,
-        OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_LOG_LEVEL, OPT_CHECK, OPT_HELP, OPT_VERSION,
+        OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_WORKER_TIMEOUT, OPT_LOG_LEVEL, OPT_CHECK, OPT_HELP, OPT_VERSION,
 };
 
 struct opt {
@@ -37,6 +37,7 @@ static const struct opt opts[] = {
         { "pidfile", 'p', 1, OPT_PIDFILE },
         { "restart-limit", 0, 1, OPT_RESTART_LIMIT },
         { "no-pidfd", 0, 0, OPT_NO_PIDFD },
+        { "worker-timeout", 0, 1, OPT_WORKER_TIMEOUT },
         { "log-level", 0, 1, OPT_LOG_LEVEL },
         { "check", 0, 0, OPT_CHECK },
         { "help", 'h', 0, OPT_HELP },
@@ -228,6 +229,12 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
         case OPT_NO_PIDFD:
                 cfg->no_pidfd = 1;
                 return 0;
+        case OPT_WORKER_TIMEOUT:
+                if (parse_seconds(val, 86400.0, &d) < 0)
+                        return fail(err, errlen, "invalid worker timeout '%s' for %s: expected seconds, 0 to 86400",
+                                    val, display);
+                cfg->worker_timeout = d;
+                return 0;
         case OPT_LOG_LEVEL:
                 if (aiot_log_parse_level(val, &level) < 0)
                         return fail(err, errlen,
@@ -329,6 +336,7 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
                 return fail(err, errlen, "internal error: bad arguments");
         memset(cfg, 0, sizeof(*cfg));
         cfg->stop_timeout = 30.0;
+        cfg->worker_timeout = 30.0;
         cfg->restart_limit = 5;
         cfg->restart_window = 10.0;
         cfg->log_level = -1;

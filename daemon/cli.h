@@ -22,6 +22,7 @@ struct cli_config {
         int restart_limit;              /* crashes ... */
         double restart_window;          /* ... within this many seconds stop the server */
         int no_pidfd;
+        double worker_timeout;          /* seconds; default 30; 0: never */
         int log_level;                  /* -1: not given */
         int check, help, version;
         const char *module;             /* NULL only with help or version */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <aiotools.h>
 
@@ -28,6 +29,8 @@ static const char usage_text[] =
         "  -p, --pidfile=PATH       write the supervisor's PID to PATH\n"
         "      --restart-limit=N/S  stop after more than N crashes within S seconds (default 5/10)\n"
         "      --no-pidfd           track workers with SIGCHLD instead of pidfds\n"
+        "      --worker-timeout=S   abort a worker whose loop is stuck for S seconds\n"
+        "                           (default 30; 0: never)\n"
         "      --log-level=LEVEL    err, warning, notice, info (default) or debug\n"
         "      --check              load and validate MODULE (and the addresses), then exit\n"
         "  -h, --help               show this help and exit\n"
@@ -47,6 +50,48 @@ static int usage_error(const char *fmt, ...)
         va_end(ap);
         fprintf(stderr, "aiotools-serve: %s\n", line);
         return AIOT_EXIT_USAGE;
+}
+
+/* Run as root, the module is code that root executes: refuse a file, or a
+ * directory it is in, that another user could change.  One line, exit 2. */
+static int check_module_owner(const char *path)
+{
+        char *copy, *dir, *slash;
+        struct stat st;
+        int r = 0;
+
+        if (geteuid() != 0)
+                return 0;
+        if (stat(path, &st) < 0)
+                return 0; /* load_module() says why */
+        if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)))
+                return usage_error("refusing to load module '%s' as root: it is %s", path,
+                                   st.st_uid != 0 ? "owned by another user than root" : "writable by group or others");
+        copy = realpath(path, NULL);
+        if (!copy)
+                return usage_error("cannot resolve module path '%s': %s", path, strerror(errno));
+        slash = strrchr(copy, '/');
+        dir = slash == copy ? "/" : copy;
+        if (slash && slash != copy)
+                *slash = '\0';
+        if (stat(dir, &st) == 0 && (st.st_uid != 0 || ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))))
+                r = usage_error("refusing to load module '%s' as root: its directory %s is %s", path, dir,
+                                st.st_uid != 0 ? "owned by another user than root" : "writable by group or others");
+        free(copy);
+        return r;
+}
+
+/* A copy of argv: the process title later overwrites the original strings. */
+static char **dup_argv(int argc, char **argv)
+{
+        char **copy = calloc((size_t)argc + 1, sizeof(*copy));
+
+        if (!copy)
+                return NULL;
+        for (int i = 0; i < argc; i++)
+                if (!(copy[i] = strdup(argv[i])))
+                        return NULL;
+        return copy;
 }
 
 /* Loads the module; on failure prints one line and returns NULL. */
@@ -130,6 +175,9 @@ int main(int argc, char **argv)
         void *handle = NULL;
         int status;
 
+        argv = dup_argv(argc, argv);
+        if (!argv)
+                return usage_error("out of memory");
         if (cli_parse(argc, argv, &cli, err, sizeof(err)) < 0)
                 return usage_error("%s", err);
         if (cli.help) {
@@ -148,6 +196,8 @@ int main(int argc, char **argv)
 
         /* Syntax errors in addresses are reported before the module is even loaded. */
         if (check_binds(&cli) != 0)
+                return AIOT_EXIT_USAGE;
+        if (check_module_owner(cli.module) != 0)
                 return AIOT_EXIT_USAGE;
         m = load_module(cli.module, &handle);
         if (!m)
@@ -187,9 +237,15 @@ int main(int argc, char **argv)
         cfg.group = cli.group;
         cfg.pidfile = cli.pidfile;
         cfg.no_pidfd = cli.no_pidfd;
+        cfg.worker_timeout = cli.worker_timeout > 0 ? cli.worker_timeout : -1;
+        /* Every string in cfg points into the copy of argv. */
+        cfg.proc_title = "aiotools-serve";
         aiot_log(AIOT_LOG_DEBUG, "module '%s' loaded from %s", m->name ? m->name : "?", cli.module);
         status = aiot_server_run(&cfg);
         free(margv);
+        for (int i = 0; i < argc; i++)
+                free(argv[i]);
+        free(argv);
         /* The module stays loaded: its code may still be referenced by atexit handlers. */
         return status;
 }

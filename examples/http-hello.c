@@ -11,9 +11,19 @@
  * buffer gets 431, a malformed one 400, a chunked body 501; each then closes.
  * Bodies with Content-Length are read and dropped.
  *
- * On the stop signal the acceptors are cancelled and so are the connections:
- * a connection waiting for a request closes, one writing its answers finishes
- * them first (the write is shielded from cancellation). */
+ * On the stop signal (also the old generation's during a reload) the
+ * acceptors are cancelled at once, and the open connections drain: each
+ * keep-alive connection gets its next request answered with "Connection:
+ * close" and is then closed.  An idle keep-alive connection is not closed
+ * straight away, because that races with the client's next request (which
+ * would then fail); it waits up to the drain time for it (module argument
+ * drain=SECONDS, default 2), and only then is cancelled.
+ *
+ *   aiotools-serve -w 2 -b 127.0.0.1:8080 examples/.libs/http-hello.so -- drain=2
+ *
+ * After a read that left the socket empty the next one waits for readability
+ * first, so that a keep-alive connection costs one read per request rather
+ * than one more that only returns EAGAIN. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -36,6 +46,11 @@ static const char err_400[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n
 static const char err_431[] =
         "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 static const char err_501[] = "HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/* Set once the worker got its stop signal: answers then say "Connection: close". */
+static bool draining;
+static size_t n_conns;
+static aiot_event *conns_gone;
 
 struct conn {
         int fd;
@@ -197,7 +212,7 @@ static bool process(struct conn *c)
                 }
                 off += (size_t)(head_end + 4 - start);
                 c->skip = rq.content_length;
-                if (rq.keep_alive) {
+                if (rq.keep_alive && !draining) {
                         out_add(c, ok_keep, sizeof(ok_keep) - 1);
                 } else {
                         out_add(c, ok_close, sizeof(ok_close) - 1);
@@ -221,18 +236,28 @@ static int serve_conn(void *arg)
                 return -ENOMEM;
         }
         c->fd = (int)(intptr_t)arg;
+        n_conns++;
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        for (;;) {
-                ssize_t n = aiot_read(c->fd, c->in + c->in_len, sizeof(c->in) - c->in_len);
+        for (bool empty = false;;) {
+                size_t room = sizeof(c->in) - c->in_len;
+                ssize_t n;
 
+                /* The last read drained the socket: reading again now would
+                 * only return EAGAIN, so wait for the next request first. */
+                if (empty && aiot_wait_fd(c->fd, AIOT_READ) < 0)
+                        break;
+                n = aiot_read(c->fd, c->in + c->in_len, room);
                 if (n <= 0)
                         break;
+                empty = (size_t)n < room;
                 c->in_len += (size_t)n;
                 if (!process(c))
                         break;
         }
         aiot_close(c->fd);
         free(c);
+        if (--n_conns == 0 && conns_gone)
+                aiot_event_set(conns_gone);
         return 0;
 }
 
@@ -261,6 +286,32 @@ static int accept_loop(void *arg)
         }
 }
 
+static double drain_time(aiot_worker *w)
+{
+        char *const *argv = aiot_worker_argv(w);
+
+        for (int i = 1; i < aiot_worker_argc(w); i++)
+                if (!strncmp(argv[i], "drain=", 6))
+                        return atof(argv[i] + 6);
+        return 2.0;
+}
+
+/* Lets the open connections finish their next request, up to the drain time. */
+static void drain(aiot_worker *w)
+{
+        aiot_deadline d;
+
+        draining = true;
+        if (aiot_event_new(&conns_gone) < 0)
+                return;
+        aiot_deadline_begin(&d, drain_time(w));
+        while (n_conns > 0 && aiot_event_wait(conns_gone) == 0)
+                aiot_event_clear(conns_gone);
+        aiot_deadline_end(&d);
+        aiot_event_free(conns_gone);
+        conns_gone = NULL;
+}
+
 static int hello_worker(aiot_worker *w)
 {
         const aiot_listener *ls;
@@ -287,10 +338,13 @@ static int hello_worker(aiot_worker *w)
         }
         if (r == 0)
                 aiot_worker_wait_stop(w);
-        /* Teardown: no new connections, then the open ones stop at their next read. */
+        /* Teardown: no new connections, then the open ones drain, then what
+         * is left (idle past the drain time) is cancelled at its next read. */
         for (size_t i = 0; i < n; i++)
                 if (acc[i].task)
                         aiot_cancel_and_wait(acc[i].task);
+        if (r == 0)
+                drain(w);
         aiot_scope_cancel(conns);
         aiot_scope_close(conns);
         free(acc);

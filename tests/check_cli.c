@@ -34,6 +34,7 @@ START_TEST(test_defaults)
         ck_assert_int_eq(cfg.workers, 0);
         ck_assert_uint_eq(cfg.n_binds, 0);
         ck_assert_double_eq(cfg.stop_timeout, 30.0);
+        ck_assert_double_eq(cfg.worker_timeout, 30.0);
         ck_assert_uint_eq(cfg.n_stop_signals, 0);
         ck_assert_int_eq(cfg.restart_limit, 5);
         ck_assert_double_eq(cfg.restart_window, 10.0);
@@ -48,7 +49,7 @@ START_TEST(test_every_option_long)
         ck_assert_int_eq(parse("--workers=4", "--bind=127.0.0.1:80", "--bind", "unix:/tmp/s", "--reuseport",
                                "--stop-timeout=2.5", "--stop-signals=USR1,SIGTERM", "--user=nobody",
                                "--group", "nogroup", "--pidfile=/run/x.pid", "--restart-limit=3/7.5", "--no-pidfd",
-                               "--log-level=debug", "--check", "mod.so", "--", "a", "--b", "-c", NULL),
+                               "--worker-timeout=0.5", "--log-level=debug", "--check", "mod.so", "--", "a", "--b", "-c", NULL),
                          0);
         ck_assert_int_eq(cfg.workers, 4);
         ck_assert_uint_eq(cfg.n_binds, 2);
@@ -64,6 +65,7 @@ START_TEST(test_every_option_long)
         ck_assert_str_eq(cfg.pidfile, "/run/x.pid");
         ck_assert_int_eq(cfg.restart_limit, 3);
         ck_assert_double_eq(cfg.restart_window, 7.5);
+        ck_assert_double_eq(cfg.worker_timeout, 0.5);
         ck_assert_int_eq(cfg.log_level, AIOT_LOG_DEBUG);
         ck_assert_str_eq(cfg.module, "mod.so");
         ck_assert_int_eq(cfg.module_argc, 3);
@@ -122,6 +124,8 @@ static const struct {
         {{"--restart-limit=0/10", "m.so"}, "invalid --restart-limit '0/10'"},
         {{"--restart-limit=5/0", "m.so"}, "invalid --restart-limit '5/0'"},
         {{"--restart-limit=x", "m.so"}, "invalid --restart-limit 'x'"},
+        {{"--worker-timeout=-1", "m.so"}, "invalid worker timeout '-1' for --worker-timeout"},
+        {{"--worker-timeout=inf", "m.so"}, "invalid worker timeout 'inf' for --worker-timeout"},
         {{"--log-level=loud", "m.so"}, "invalid log level 'loud'"},
         {{"--check=yes", "m.so"}, "option --check takes no value"},
         {{NULL}, "no MODULE given"},

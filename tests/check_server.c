@@ -28,6 +28,11 @@
 
 #define T_LONG 10.0 /* seconds: only to catch hangs */
 
+/* Socket activation for the next srv_start(): this fd becomes fd 3 with
+ * LISTEN_FDS=1, LISTEN_PID and LISTEN_FDNAMES=activation_name. */
+static int activation_fd = -1;
+static const char *activation_name;
+
 struct srv {
         pid_t pid;
         int errfd;
@@ -114,7 +119,17 @@ static void srv_start(struct srv *s, const char *const *args)
                 dup2(null, STDOUT_FILENO);
                 dup2(p[1], STDERR_FILENO);
                 /* Whatever the test runner left open must not count as the server's. */
-                closefrom(3);
+                if (activation_fd >= 0) {
+                        char pid[16];
+
+                        dup2(activation_fd, 3);
+                        closefrom(4);
+                        snprintf(pid, sizeof(pid), "%d", (int)getpid());
+                        setenv("LISTEN_FDS", "1", 1);
+                        setenv("LISTEN_PID", pid, 1);
+                        setenv("LISTEN_FDNAMES", activation_name, 1);
+                } else
+                        closefrom(3);
                 execv(argv[0], argv);
                 _exit(127);
         }
@@ -806,7 +821,7 @@ static char *http(int port, const char *req, size_t len)
 START_TEST(test_http_hello)
 {
         struct srv s;
-        const char *args[] = {"-w", "2", "-b", "127.0.0.1:0", "@HTTP", NULL};
+        const char *args[] = {"-w", "2", "-b", "127.0.0.1:0", "@HTTP", "--", "drain=0.3", NULL};
         static const char pipelined[] = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
                                         "POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcde"
                                         "HEAD /c HTTP/1.1\r\n\r\n"
@@ -839,7 +854,7 @@ START_TEST(test_http_hello)
         ck_assert_ptr_nonnull(strstr(r, "HTTP/1.1 400 "));
         r = http(port, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 49);
         ck_assert_ptr_nonnull(strstr(r, "HTTP/1.1 501 "));
-        /* An idle keep-alive connection does not hold up the stop. */
+        /* An idle keep-alive connection does not hold up the stop beyond the drain time. */
         {
                 int idle = tcp_connect(port);
                 double t0 = now();
@@ -988,6 +1003,479 @@ START_TEST(test_check_help_version)
 }
 END_TEST
 
+
+/* ---------------------------------------------------------------- issue 5: production lifecycle */
+
+/* A notify socket like systemd's: NOTIFY_SOCKET for the servers started next. */
+struct notify {
+        int fd;
+        char path[108];
+        char msgs[64][512];
+        double at[64];
+        int n;
+};
+
+/* Returns false when the build has no libsystemd (sd_notify is a no-op). */
+static bool notify_open(struct notify *nt)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        static int seq;
+
+        memset(nt, 0, sizeof(*nt));
+        snprintf(nt->path, sizeof(nt->path), "/tmp/aiot-notify-%d-%d", (int)getpid(), seq++);
+        unlink(nt->path);
+        nt->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ck_assert_int_ge(nt->fd, 0);
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", nt->path);
+        ck_assert_int_eq(bind(nt->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        setenv("NOTIFY_SOCKET", nt->path, 1);
+        if (aiot_sd_notify("X_PROBE=1") <= 0)
+                return false;
+        (void)!recv(nt->fd, nt->msgs[0], sizeof(nt->msgs[0]), 0);
+        return true;
+}
+
+static void notify_pump(struct notify *nt, int ms)
+{
+        struct pollfd pfd = {.fd = nt->fd, .events = POLLIN};
+
+        if (poll(&pfd, 1, ms) <= 0)
+                return;
+        while (nt->n < 64) {
+                ssize_t k = recv(nt->fd, nt->msgs[nt->n], sizeof(nt->msgs[0]) - 1, 0);
+
+                if (k <= 0)
+                        return;
+                nt->msgs[nt->n][k] = '\0';
+                nt->at[nt->n++] = now();
+        }
+}
+
+/* Waits for a message containing needle after message index *from; returns its index. */
+static int notify_wait(struct notify *nt, struct srv *s, const char *needle, int from, double timeout)
+{
+        double end = now() + timeout;
+
+        for (;;) {
+                for (int i = from; i < nt->n; i++)
+                        if (strstr(nt->msgs[i], needle))
+                                return i;
+                ck_assert_msg(now() < end, "no notify message '%s'; stderr:\n%s", needle, s->err);
+                notify_pump(nt, 10);
+                srv_pump(s, 0);
+        }
+}
+
+static void notify_close(struct notify *nt)
+{
+        unsetenv("NOTIFY_SOCKET");
+        unsetenv("WATCHDOG_USEC");
+        close(nt->fd);
+        unlink(nt->path);
+}
+
+/* READY=1 only after the last worker is ready; RELOADING=1 ... READY=1 around
+ * a SIGHUP, with a failed reload too; STOPPING=1 on SIGTERM. */
+START_TEST(test_notify_sequence)
+{
+        struct notify nt;
+        struct srv s;
+        char failfile[160];
+        const char *args[] = {"-w", "2", "@MOD", "--", "@LOG", "slow=1", failfile, NULL};
+        int i, r;
+
+        if (!notify_open(&nt)) {
+                notify_close(&nt);
+                return;
+        }
+        snprintf(failfile, sizeof(failfile), "failfile=/tmp/aiot-failfile-%d", (int)getpid());
+        unlink(failfile + 9);
+        srv_start(&s, args);
+        i = notify_wait(&nt, &s, "STATUS=starting 2 workers", 0, T_LONG);
+        i = notify_wait(&nt, &s, "READY=1", i, T_LONG);
+        /* Both workers had reported (they log before they report). */
+        ck_assert_int_eq(log_count(&s, "ready w "), 2);
+        ck_assert_ptr_nonnull(strstr(nt.msgs[i], "STATUS=2 workers, generation 1"));
+        {
+                char mainpid[32];
+
+                snprintf(mainpid, sizeof(mainpid), "MAINPID=%d", (int)s.pid);
+                ck_assert_ptr_nonnull(strstr(nt.msgs[i], mainpid));
+        }
+        for (int k = 0; k < i; k++)
+                ck_assert_ptr_null(strstr(nt.msgs[k], "READY=1"));
+        kill(s.pid, SIGHUP);
+        r = notify_wait(&nt, &s, "RELOADING=1", i + 1, T_LONG);
+        ck_assert_ptr_nonnull(strstr(nt.msgs[r], "MONOTONIC_USEC="));
+        i = notify_wait(&nt, &s, "READY=1", r + 1, T_LONG);
+        ck_assert_ptr_nonnull(strstr(nt.msgs[i], "STATUS=2 workers, generation 2"));
+        /* A reload whose workers fail: rolled back, READY=1 says so. */
+        close(open(failfile + 9, O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+        kill(s.pid, SIGHUP);
+        r = notify_wait(&nt, &s, "RELOADING=1", i + 1, T_LONG);
+        i = notify_wait(&nt, &s, "READY=1", r + 1, T_LONG);
+        ck_assert_msg(strstr(nt.msgs[i], "STATUS=reload failed: worker ") &&
+                              strstr(nt.msgs[i], "; 2 workers, generation 2"), "%s", nt.msgs[i]);
+        ck_assert(srv_wait_err(&s, "; generation 2 keeps serving", 1, T_LONG));
+        unlink(failfile + 9);
+        kill(s.pid, SIGTERM);
+        i = notify_wait(&nt, &s, "STOPPING=1", i + 1, T_LONG);
+        ck_assert_ptr_nonnull(strstr(nt.msgs[i], "STATUS=stopping (SIGTERM)"));
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        ck_assert(no_children_within(1.0));
+        notify_close(&nt);
+        srv_cleanup(&s);
+}
+END_TEST
+
+/* A worker whose loop blocks: aborted after --worker-timeout, respawned, and
+ * the WATCHDOG=1 pings pause meanwhile. */
+START_TEST(test_worker_hang_watchdog)
+{
+        struct notify nt;
+        struct srv s;
+        const char *args[] = {"-w", "2", "--worker-timeout=0.6", "@MOD", "--", "@LOG", "hang=1", NULL};
+        bool sd = notify_open(&nt);
+        double gap = 0, t0;
+        int first;
+
+        setenv("WATCHDOG_USEC", "200000", 1);
+        srv_start(&s, args);
+        srv_ready(&s);
+        /* Both pumped together: the pings' arrival times matter. */
+        for (double end = now() + T_LONG; !strstr(s.err, "is ready again") && now() < end;) {
+                srv_pump(&s, 5);
+                if (sd)
+                        notify_pump(&nt, 5);
+        }
+        ck_assert_msg(strstr(s.err, "hung for ") && strstr(s.err, "is ready again"), "stderr:\n%s", s.err);
+        ck_assert_msg(strstr(s.err, "worker 1 (pid ") && strstr(s.err, "was killed by SIGABRT; respawning"),
+                      "stderr:\n%s", s.err);
+        ck_assert_int_eq(log_count(&s, "ready w 1 "), 2);
+        if (sd) {
+                /* Pings every 0.1 s; a gap of several while worker 1 hung; then pings again. */
+                t0 = now();
+                while (now() - t0 < 0.5)
+                        notify_pump(&nt, 20);
+                first = notify_wait(&nt, &s, "WATCHDOG=1", 0, T_LONG);
+                for (int i = first + 1, prev = first; i < nt.n; i++)
+                        if (!strcmp(nt.msgs[i], "WATCHDOG=1")) {
+                                if (nt.at[i] - nt.at[prev] > gap)
+                                        gap = nt.at[i] - nt.at[prev];
+                                prev = i;
+                        }
+                ck_assert_msg(gap > 0.35, "watchdog pings did not pause (largest gap %.3f s)", gap);
+                ck_assert_int_eq(strcmp(nt.msgs[nt.n - 1], "WATCHDOG=1"), 0);
+        }
+        kill(s.pid, SIGTERM);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        ck_assert(no_children_within(1.0));
+        notify_close(&nt);
+        srv_cleanup(&s);
+}
+END_TEST
+
+/* SIGHUP: a new generation serves, the old one stops only after it; no
+ * connection is refused meanwhile. */
+START_TEST(test_reload_generations)
+{
+        struct srv s;
+        const char *args[] = {"-w", "2", "-b", "127.0.0.1:0", "@MOD", "--", "@LOG", NULL};
+        pid_t old[2], fresh[2], seen;
+        int port;
+        long stop_old, ready_new;
+
+        srv_start(&s, args);
+        port = srv_port(&s);
+        srv_ready(&s);
+        ck_assert(srv_wait_err(&s, "all 2 workers ready (generation 1)", 1, T_LONG));
+        for (int i = 0; i < 2; i++)
+                old[i] = log_pid(&s, "ready", "w", i);
+        kill(s.pid, SIGHUP);
+        /* Connections keep being answered throughout. */
+        while (!strstr(s.err, "reload: generation 2 ready, stopping generation 1")) {
+                ask_worker(port, NULL);
+                srv_pump(&s, 1);
+                ck_assert(!s.exited);
+        }
+        for (int i = 0; i < 2; i++) {
+                char pre[64];
+
+                fresh[i] = log_pid(&s, "ready", "w", i);
+                ck_assert_int_ne(fresh[i], old[i]);
+                ck_assert_int_eq(log_value(&s, "gen", "w", i), 2);
+                snprintf(pre, sizeof(pre), "ready w %d %d ", i, (int)fresh[i]);
+                ready_new = log_offset(&s, pre);
+                /* The old worker got its stop signal after the new one was ready. */
+                snprintf(pre, sizeof(pre), "stop w %d %d ", i, (int)old[0]);
+                (void)pre;
+                ck_assert_int_ge(ready_new, 0);
+        }
+        for (double end = now() + T_LONG; log_count(&s, "stop w ") < 2 && now() < end;)
+                usleep(10000);
+        {
+                char pre[64];
+
+                snprintf(pre, sizeof(pre), "stop w 0 %d ", (int)old[0]);
+                stop_old = log_offset(&s, pre);
+                snprintf(pre, sizeof(pre), "ready w 0 %d ", (int)fresh[0]);
+                ck_assert_int_gt(stop_old, log_offset(&s, pre));
+        }
+        for (int i = 0; i < 10; i++) {
+                ask_worker(port, &seen);
+                ck_assert(seen == fresh[0] || seen == fresh[1]);
+        }
+        ck_assert_int_eq(log_count(&s, "ready e 0 "), 2);
+        kill(s.pid, SIGTERM);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        ck_assert(no_children_within(1.0));
+        srv_cleanup(&s);
+}
+END_TEST
+
+/* SIGTTIN / SIGTTOU scale by one, never below one; SIGUSR1 reaches the handlers. */
+START_TEST(test_scale_and_usr1)
+{
+        struct srv s;
+        const char *args[] = {"-w", "1", "@MOD", "--", "@LOG", "usr1=1", NULL};
+
+        srv_start(&s, args);
+        srv_ready(&s);
+        kill(s.pid, SIGTTIN);
+        ck_assert_msg(srv_wait_err(&s, "SIGTTIN received: adding worker 1 (2 workers)", 1, T_LONG) &&
+                              srv_wait_err(&s, "worker 1 (pid ", 1, T_LONG) && srv_wait_err(&s, "is ready", 1, T_LONG),
+                      "stderr:\n%s", s.err);
+        for (double end = now() + T_LONG; log_count(&s, "ready w 1 ") < 1 && now() < end;)
+                usleep(5000);
+        ck_assert(srv_wait_err(&s, "worker 1 (pid ", 1, T_LONG));
+        kill(s.pid, SIGUSR1);
+        for (double end = now() + T_LONG; log_count(&s, "usr1 w ") < 2 && now() < end;)
+                usleep(5000);
+        ck_assert_int_eq(log_count(&s, "usr1 w 0 "), 1);
+        ck_assert_int_eq(log_count(&s, "usr1 w 1 "), 1);
+        ck_assert_int_eq(log_count(&s, "usr1-failed"), 0);
+        ck_assert_int_eq(log_count(&s, "api-signal-failed"), 0);
+        kill(s.pid, SIGTTOU);
+        ck_assert(srv_wait_err(&s, "SIGTTOU received: stopping worker 1 (1 workers)", 1, T_LONG));
+        for (double end = now() + T_LONG; log_count(&s, "stop w 1 ") < 1 && now() < end;)
+                usleep(5000);
+        ck_assert_int_eq(log_count(&s, "stop w 0 "), 0);
+        kill(s.pid, SIGTTOU);
+        ck_assert(srv_wait_err(&s, "SIGTTOU ignored: at least one worker must run", 1, T_LONG));
+        kill(s.pid, SIGTERM);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        ck_assert_int_eq(log_count(&s, "stop w 0 "), 1);
+        ck_assert_int_eq(log_value(&s, "api-late", "m", -1), 1);
+        ck_assert(no_children_within(1.0));
+        srv_cleanup(&s);
+}
+END_TEST
+
+/* aiot_worker_recycle(): the replacement is ready before the old one stops. */
+START_TEST(test_recycle)
+{
+        struct srv s;
+        const char *args[] = {"-w", "2", "-b", "127.0.0.1:0", "@MOD", "--", "@LOG", "recycle=0", NULL};
+        pid_t old, fresh;
+        char pre[64];
+        int port;
+
+        srv_start(&s, args);
+        port = srv_port(&s);
+        srv_ready(&s);
+        ck_assert_msg(srv_wait_err(&s, "replaced by pid ", 1, T_LONG), "stderr:\n%s", s.err);
+        for (double end = now() + T_LONG; log_count(&s, "stop w 0 ") < 1 && now() < end;)
+                ask_worker(port, NULL);
+        ck_assert_int_eq(log_count(&s, "recycle w 0 "), 1);
+        ck_assert_int_eq(log_value(&s, "recycle", "w", 0), 1);
+        old = log_pid(&s, "recycle", "w", 0);
+        fresh = log_pid(&s, "ready", "w", 0);
+        ck_assert_int_ne(old, fresh);
+        snprintf(pre, sizeof(pre), "stop w 0 %d ", (int)old);
+        {
+                long stop = log_offset(&s, pre);
+
+                snprintf(pre, sizeof(pre), "ready w 0 %d ", (int)fresh);
+                ck_assert_int_gt(stop, log_offset(&s, pre));
+        }
+        ck_assert_int_eq(log_count(&s, "ready w 0 "), 2);
+        ck_assert_int_eq(log_count(&s, "ready w 1 "), 1);
+        kill(s.pid, SIGTERM);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        ck_assert(no_children_within(1.0));
+        srv_cleanup(&s);
+}
+END_TEST
+
+/* LISTEN_FDS: the passed socket is served, with its name, beside a --bind one. */
+START_TEST(test_socket_activation)
+{
+        struct srv s;
+        const char *args[] = {"-w", "1", "-b", "127.0.0.1:0", "@MOD", "--", "@LOG", NULL};
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port;
+
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        ck_assert_int_eq(listen(fd, 16), 0);
+        ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+        activation_fd = fcntl(fd, F_DUPFD_CLOEXEC, 10);
+        activation_name = "web";
+        srv_start(&s, args);
+        activation_fd = -1;
+        close(fd);
+        srv_ready(&s);
+        ck_assert_msg(strstr(s.err, "(socket activation, name web)"), "stderr:\n%s", s.err);
+        port = ntohs(sa.sin_port);
+        ck_assert_int_eq(ask_worker(port, NULL), 0);
+        ck_assert_int_eq(ask_worker(srv_port(&s), NULL), 0);
+        ck_assert_int_eq(log_count(&s, "lname web w 0"), 1);
+        ck_assert_int_eq(log_count(&s, "lname 127.0.0.1:0 w 0"), 1);
+        kill(s.pid, SIGTERM);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        ck_assert(no_children_within(1.0));
+        srv_cleanup(&s);
+}
+END_TEST
+
+static void read_cmdline(pid_t pid, const char *file, char *buf, size_t len)
+{
+        char path[64];
+        int fd;
+        ssize_t n;
+
+        snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        n = read(fd, buf, len - 1);
+        close(fd);
+        buf[n > 0 ? n : 0] = '\0';
+        if (n > 0 && buf[n - 1] == '\n')
+                buf[n - 1] = '\0';
+}
+
+/* Titles in ps; the pidfile is refused while held, a stale one replaced. */
+START_TEST(test_titles_and_pidfile)
+{
+        struct srv s;
+        char pidfile[128], buf[256];
+        const char *args[] = {"-w", "1", "-p", pidfile, "@MOD", "--", "@LOG", NULL};
+        pid_t dead = fork();
+        int fd;
+
+        ck_assert_int_ge(dead, 0);
+        if (dead == 0)
+                _exit(0);
+        waitpid(dead, NULL, 0);
+        snprintf(pidfile, sizeof(pidfile), "/tmp/aiot-pid-%d", (int)getpid());
+        /* Held by a live process (this one): exit 2, naming it. */
+        fd = open(pidfile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        dprintf(fd, "%d\n", (int)getpid());
+        close(fd);
+        srv_start(&s, args);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 2);
+        snprintf(buf, sizeof(buf), "pidfile %s is held by running process %d", pidfile, (int)getpid());
+        ck_assert_msg(strstr(s.err, buf), "stderr:\n%s", s.err);
+        srv_cleanup(&s);
+        /* Stale: replaced. */
+        fd = open(pidfile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        dprintf(fd, "%d\n", (int)dead);
+        close(fd);
+        srv_start(&s, args);
+        srv_ready(&s);
+        ck_assert_int_eq(atoi(read_file(pidfile)), s.pid);
+        read_cmdline(s.pid, "cmdline", buf, sizeof(buf));
+        ck_assert_str_eq(buf, "aiotools-serve: supervisor");
+        read_cmdline(log_pid(&s, "ready", "w", 0), "cmdline", buf, sizeof(buf));
+        ck_assert_str_eq(buf, "aiotools-serve: worker 0");
+        read_cmdline(log_pid(&s, "ready", "w", 0), "comm", buf, sizeof(buf));
+        ck_assert_str_eq(buf, "aiot-worker-0");
+        read_cmdline(log_pid(&s, "ready", "e", 0), "cmdline", buf, sizeof(buf));
+        ck_assert_str_eq(buf, "aiotools-serve: extra 0");
+        /* The log prefix did not follow argv[0]. */
+        ck_assert_ptr_nonnull(strstr(s.err, "aiotools-serve["));
+        ck_assert_ptr_null(strstr(s.err, "supervisor["));
+        kill(s.pid, SIGTERM);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        ck_assert_int_eq(access(pidfile, F_OK) < 0 && errno == ENOENT, 1);
+        ck_assert(no_children_within(1.0));
+        srv_cleanup(&s);
+}
+END_TEST
+
+/* As root, a module that others can write is refused. */
+START_TEST(test_unsafe_module_as_root)
+{
+        struct srv s;
+        char dir[] = "/tmp/aiot-mod-XXXXXX", mod[128], cmd[512];
+        const char *args[] = {"--check", mod, NULL};
+
+        if (geteuid() != 0)
+                return;
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(mod, sizeof(mod), "%s/m.so", dir);
+        snprintf(cmd, sizeof(cmd), "cp '%s/tests/.libs/srvtest.so' '%s'", builddir(), mod);
+        ck_assert_int_eq(system(cmd), 0);
+        chmod(dir, 0755);
+        chmod(mod, 0666);
+        srv_start(&s, args);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 2);
+        ck_assert_msg(strstr(s.err, "refusing to load module") && strstr(s.err, "writable by group or others"),
+                      "stderr:\n%s", s.err);
+        srv_cleanup(&s);
+        chmod(mod, 0755);
+        chmod(dir, 0777);
+        srv_start(&s, args);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 2);
+        ck_assert_msg(strstr(s.err, "its directory"), "stderr:\n%s", s.err);
+        srv_cleanup(&s);
+        chmod(dir, 0755);
+        srv_start(&s, args);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        srv_cleanup(&s);
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        (void)!system(cmd);
+}
+END_TEST
+
+/* http-hello drains: a keep-alive connection's next request after the stop
+ * signal (of a reload) gets "Connection: close", then EOF. */
+START_TEST(test_http_drain_on_reload)
+{
+        struct srv s;
+        const char *args[] = {"-w", "1", "-b", "127.0.0.1:0", "@HTTP", "--", "drain=5", NULL};
+        static const char req[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        char buf[1024];
+        int port, fd;
+        ssize_t n;
+
+        srv_start(&s, args);
+        port = srv_port(&s);
+        srv_ready(&s);
+        fd = tcp_connect(port);
+        ck_assert_int_eq(write(fd, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+        n = read(fd, buf, sizeof(buf) - 1);
+        ck_assert_int_gt(n, 0);
+        buf[n] = '\0';
+        ck_assert_ptr_null(strstr(buf, "Connection: close"));
+        kill(s.pid, SIGHUP);
+        ck_assert(srv_wait_err(&s, "reload: generation 2 ready, stopping generation 1", 1, T_LONG));
+        usleep(100000); /* the old worker has its stop signal */
+        ck_assert_int_eq(write(fd, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+        read_all(fd, buf, sizeof(buf));
+        ck_assert_msg(strstr(buf, "200 OK") && strstr(buf, "Connection: close\r\n\r\nhello\n"), "%s", buf);
+        close(fd);
+        /* The old worker is gone at once (not after the drain time); the new one serves. */
+        ck_assert(srv_wait_err(&s, "worker 0 (pid ", 0, T_LONG));
+        ck_assert_int_eq(count_in(http(port, "GET / HTTP/1.0\r\n\r\n", 18), "200 OK"), 1);
+        kill(s.pid, SIGTERM);
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        ck_assert(no_children_within(1.0));
+        srv_cleanup(&s);
+}
+END_TEST
+
 static Suite *server_suite(void)
 {
         Suite *s = suite_create("server");
@@ -1024,6 +1512,22 @@ static Suite *server_suite(void)
         tcase_add_test(serve, test_standalone);
         tcase_add_loop_test(cli, test_bad_input, 0, (int)(sizeof(bad) / sizeof(bad[0])));
         tcase_add_test(cli, test_check_help_version);
+        {
+                TCase *prod = tcase_create("production");
+
+                tcase_add_checked_fixture(prod, setup, NULL);
+                tcase_set_timeout(prod, 30);
+                tcase_add_test(prod, test_notify_sequence);
+                tcase_add_test(prod, test_worker_hang_watchdog);
+                tcase_add_test(prod, test_reload_generations);
+                tcase_add_test(prod, test_scale_and_usr1);
+                tcase_add_test(prod, test_recycle);
+                tcase_add_test(prod, test_socket_activation);
+                tcase_add_test(prod, test_titles_and_pidfile);
+                tcase_add_test(prod, test_unsafe_module_as_root);
+                tcase_add_test(prod, test_http_drain_on_reload);
+                suite_add_tcase(s, prod);
+        }
         suite_add_tcase(s, life);
         suite_add_tcase(s, fail);
         suite_add_tcase(s, serve);

@@ -9,6 +9,12 @@
  *   crash=I       worker I exits with status 3 50 ms after it is ready
  *   ignore=1      workers ignore the stop signal (they must be killed)
  *   mainfail=1    the main context fails its setup with -ENOTCONN
+ *   failfile=PATH workers fail their setup (-EADDRNOTAVAIL) while PATH exists
+ *   hang=I        worker I blocks its loop (a plain sleep()) 100 ms after it is
+ *                 ready, once per log file (the respawned one does not)
+ *   recycle=I     worker I calls aiot_worker_recycle() once it is ready, once
+ *   usr1=1        workers log "usr1 w INDEX PID GEN" on each SIGUSR1
+ * Workers also log "gen w INDEX PID GENERATION".
  * Every process also logs "uid KIND INDEX PID UID" and "api KIND INDEX PID OK"
  * where OK is 1 when the worker API answered as documented.
  * Every worker answers each connection with "w INDEX PID\n" and closes it.
@@ -16,6 +22,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,12 +33,13 @@
 
 struct opts {
         const char *log;
-        int data, fail, slow, crash, ignore, mainfail;
+        int data, fail, slow, crash, ignore, mainfail, hang, recycle, usr1;
+        const char *failfile;
 };
 
 static struct opts parse_opts(aiot_worker *w)
 {
-        struct opts o = {.fail = -1, .slow = -1, .crash = -1};
+        struct opts o = {.fail = -1, .slow = -1, .crash = -1, .hang = -1, .recycle = -1};
         char *const *argv = aiot_worker_argv(w);
 
         for (int i = 1; i < aiot_worker_argc(w); i++) {
@@ -51,6 +59,14 @@ static struct opts parse_opts(aiot_worker *w)
                         o.ignore = atoi(a + 7);
                 else if (!strncmp(a, "mainfail=", 9))
                         o.mainfail = atoi(a + 9);
+                else if (!strncmp(a, "failfile=", 9))
+                        o.failfile = a + 9;
+                else if (!strncmp(a, "hang=", 5))
+                        o.hang = atoi(a + 5);
+                else if (!strncmp(a, "recycle=", 8))
+                        o.recycle = atoi(a + 8);
+                else if (!strncmp(a, "usr1=", 5))
+                        o.usr1 = atoi(a + 5);
         }
         return o;
 }
@@ -166,6 +182,43 @@ static int crash_later(void *arg)
         return 0;
 }
 
+/* True the first time this process's (tag, index) asks, per log file. */
+static int first_time(const struct opts *o, const char *tag, int index)
+{
+        char path[512];
+        int fd;
+
+        if (!o->log)
+                return 0;
+        snprintf(path, sizeof(path), "%s.%s%d", o->log, tag, index);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd < 0)
+                return 0;
+        close(fd);
+        return 1;
+}
+
+static int hang_later(void *arg)
+{
+        (void)arg;
+        if (aiot_sleep(0.1) == 0)
+                sleep(3600); /* blocks the whole loop, not just this task */
+        return 0;
+}
+
+struct usr1_arg {
+        struct opts *o;
+        aiot_worker *w;
+};
+
+static int on_usr1(void *arg)
+{
+        struct usr1_arg *u = arg;
+
+        event(u->o, "usr1", u->w, aiot_worker_generation(u->w));
+        return 0;
+}
+
 static int test_worker(aiot_worker *w)
 {
         struct opts o = parse_opts(w);
@@ -178,7 +231,7 @@ static int test_worker(aiot_worker *w)
                 return -ENOMEM;
         if (idx == o.slow)
                 aiot_sleep(0.3);
-        if (idx == o.fail) {
+        if (idx == o.fail || (o.failfile && access(o.failfile, F_OK) == 0)) {
                 free(acc);
                 return -EADDRNOTAVAIL;
         }
@@ -198,7 +251,35 @@ static int test_worker(aiot_worker *w)
                 event(&o, "api", w, api_ok(w) && rc == 0);
         }
         event(&o, "uid", w, (int)getuid());
+        event(&o, "gen", w, aiot_worker_generation(w));
+        for (size_t i = 0; i < n && o.log; i++) {
+                char line[256];
+                int fd = open(o.log, O_WRONLY | O_APPEND | O_CLOEXEC);
+
+                if (fd >= 0) {
+                        snprintf(line, sizeof(line), "lname %s w %d\n", ls[i].name, idx);
+                        (void)!write(fd, line, strlen(line));
+                        close(fd);
+                }
+        }
+        {
+                static struct usr1_arg u;
+
+                u = (struct usr1_arg){.o = &o, .w = w};
+                if (o.usr1 && aiot_worker_on_signal(w, SIGUSR1, on_usr1, &u) < 0)
+                        event(&o, "usr1-failed", w, 0);
+                if (aiot_worker_on_signal(NULL, SIGUSR1, on_usr1, &u) != -EINVAL ||
+                    aiot_worker_on_signal(w, SIGKILL, on_usr1, &u) != -EINVAL ||
+                    aiot_worker_on_signal(w, SIGTERM, on_usr1, &u) != -EINVAL ||
+                    aiot_worker_recycle(NULL) != -EINVAL || aiot_worker_generation(NULL) != -EINVAL)
+                        event(&o, "api-signal-failed", w, 0);
+        }
+        if (idx == o.hang && first_time(&o, "hang", idx))
+                aiot_spawn(aiot_worker_scope(w), hang_later, NULL, NULL);
         event(&o, "ready", w, data_of(w));
+        if (idx == o.recycle && first_time(&o, "recycle", idx))
+                event(&o, "recycle", w,
+                      aiot_worker_recycle(w) == 0 && aiot_worker_recycle(w) == -EALREADY);
         sig = aiot_worker_wait_stop(w);
         event(&o, "stop", w, sig);
         if (aiot_worker_wait_stop(w) != -EALREADY)
@@ -243,7 +324,9 @@ static int test_main(aiot_worker *m)
                       aiot_worker_data(m) == data);
         sig = aiot_worker_wait_stop(m);
         event(&o, "main-teardown", m, sig);
-        event(&o, "api-late", m, aiot_worker_set_data(m, NULL) == -EALREADY);
+        event(&o, "api-late", m,
+              aiot_worker_set_data(m, NULL) == -EALREADY && aiot_worker_recycle(m) == -EPERM &&
+                      aiot_worker_generation(m) == 0 && aiot_worker_on_signal(m, SIGUSR1, NULL, NULL) == -EPERM);
         free(data);
         return 0;
 }

@@ -82,6 +82,27 @@ int aiot_worker_set_data(aiot_worker *m, void *data);
 int aiot_worker_argc(const aiot_worker *w);
 char *const *aiot_worker_argv(const aiot_worker *w);
 
+/* The generation of the process: 1 for the processes started first, one
+ * more for each reload (SIGHUP) that was started.  A respawned or recycled
+ * process keeps its generation.  0 for the main context, -EINVAL for NULL. */
+int aiot_worker_generation(const aiot_worker *w);
+
+/* Runs fn(arg) as a new task in aiot_worker_scope(w) each time signo reaches
+ * the process, from its loop (never in signal-handler context).  The
+ * supervisor forwards SIGUSR1 to every ready worker and extra process: the
+ * place to reopen log files.  fn NULL removes the handler.  Worker and extra
+ * processes only, from their own loop.  Returns 0, -EINVAL (NULL w, a signal
+ * that cannot be caught, SIGCHLD, or a stop signal of the server), -EPERM (the
+ * main context), -ENOSPC (too many handlers). */
+int aiot_worker_on_signal(aiot_worker *w, int signo, aiot_task_fn fn, void *arg);
+
+/* Asks the supervisor to replace this process (like gunicorn's max-requests):
+ * a new process with the same index is started, and once it is ready this one
+ * gets its graceful stop signal, so that no connection is dropped.  Returns
+ * 0, -EINVAL (NULL), -EPERM (the main context), -EALREADY (asked before).
+ * The supervisor ignores the request while a reload or a stop is under way. */
+int aiot_worker_recycle(aiot_worker *w);
+
 struct aiot_server_config {
         size_t size;                    /* sizeof(struct aiot_server_config), so the struct can grow */
         int workers;                    /* 1..1024; 0: the number of online CPUs */
@@ -102,9 +123,15 @@ struct aiot_server_config {
         const char *user, *group;       /* workers and extra processes drop to these after binding */
         const char *pidfile;            /* written once listening, removed at exit */
         int no_pidfd;                   /* use the SIGCHLD fallback even where pidfd works */
+        double worker_timeout;          /* a worker loop stuck this long is aborted; 0: 30; < 0: never */
+        const char *proc_title;         /* "NAME": show "NAME: supervisor", "NAME: worker N" in ps by
+                                           overwriting the argv area; NULL: leave it.  Only for a caller
+                                           that no longer uses its argv strings. */
 };
 
 /* Runs the server until it stops and returns the process exit status:
+ * (see aiot_server_run(3) for reload on SIGHUP, scaling on SIGTTIN/SIGTTOU,
+ * SIGUSR1, socket activation, the worker watchdog and sd_notify.)
  * AIOT_EXIT_OK after a stop signal, AIOT_EXIT_FAILURE when a setup failed or
  * the crash-loop limit was hit, AIOT_EXIT_USAGE for a bad config (a bad or
  * busy address, an unknown user ...), with one log line saying why.  Must be

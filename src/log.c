@@ -97,8 +97,10 @@ static size_t format_header(char *buf, size_t size, int level)
 
         if (log_to_journal < 0)
                 log_to_journal = stderr_is_journal();
+        /* journald adds the program name and pid itself: only a prefix the
+         * process chose ("worker 3") is worth repeating there. */
         if (log_to_journal)
-                n = snprintf(buf, size, "<%d>%s[%d]: ", level, current_prefix(), (int)getpid());
+                n = snprintf(buf, size, "<%d>%s%s", level, log_prefix, log_prefix[0] ? ": " : "");
         else {
                 clock_gettime(CLOCK_REALTIME, &ts);
                 gmtime_r(&ts.tv_sec, &tm);

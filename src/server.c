@@ -70,6 +70,7 @@
 #define MAX_CRASHES 1024
 #define HB_SLOTS 4096           /* heartbeat counters in the shared page(s) */
 #define ABORT_GRACE 5.0         /* seconds from SIGABRT to SIGKILL for a hung process */
+#define ORPHAN_POLL 0.1         /* seconds between orphan sweeps as PID 1 without pidfd */
 #define WORKER_TIMEOUT 30.0
 
 /* The signals the supervisor acts on besides the stop signals (when they are
@@ -2007,6 +2008,10 @@ static void setup_watchers(struct server *srv)
                 srv->chldw.data = srv;
                 ev_signal_start(srv->evl, &srv->chldw);
         }
+        /* ... and without a SIGCHLD watcher of our own, orphans are found by
+         * polling: often enough that none lingers as a zombie for long. */
+        if (srv->pid == 1 && aiot_fork_mode() != AIOT_FORK_PIDFD)
+                p = ORPHAN_POLL;
         if (aiot_sd_watchdog_usec(&wd_usec) > 0 && wd_usec > 0)
                 srv->wd_half = (double)wd_usec / 2e6;
         if (srv->worker_timeout > 0 || srv->wd_half > 0) {

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "aiotools/fork.h"
+#include "fork-internal.h"
 #include "macro.h"
 
 /* The numbers are the same on every architecture; older headers lack them. */
@@ -41,6 +42,7 @@ struct aiot_child {
         pid_t pid;
         pid_t owner; /* the process that forked it: handles are not valid in a forked copy */
         int pidfd;   /* -1 on the SIGCHLD path, and once reaped */
+        struct ev_loop *loop; /* watched there; NULL once detached (the loop went) */
         ev_io io;
         struct reaper *reaper; /* SIGCHLD path only */
         aiot_child_exit_cb on_exit;
@@ -48,6 +50,8 @@ struct aiot_child {
         int status;
         bool exited;
         bool orphan; /* freed while running: reap silently, then free */
+        bool lost;   /* reaped by someone else before pidfd_open: never signal it */
+        bool cb_owned; /* the exit callback belongs to io.c (aiot_task_fork) */
 };
 
 /* One per loop that has SIGCHLD-path children.  Reapers are never freed: the
@@ -68,6 +72,10 @@ static pthread_mutex_t reapers_lock = PTHREAD_MUTEX_INITIALIZER;
  * lock is held across fork() so the child's copy of the list is consistent. */
 static struct child_list pidfd_children;
 static pthread_mutex_t pidfd_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* SIGCHLD-path children whose loop was destroyed while they ran (see
+ * aiot__fork_loop_gone()); pidfd-path ones stay in pidfd_children. */
+static struct child_list detached;
 
 static struct sigaction sigchld_prev;
 
@@ -177,6 +185,8 @@ static void pidfd_close(aiot_child *c)
         c->pidfd = aiot__close(c->pidfd);
 }
 
+static void reap_detached(void);
+
 static void pidfd_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
         aiot_child *c = aiot__container_of(w, aiot_child, io);
@@ -191,6 +201,19 @@ static void pidfd_cb(struct ev_loop *loop, ev_io *w, int revents)
         c->status = r < 0 ? AIOT_CHILD_LOST : status_from_siginfo(&si);
         c->exited = true;
         ev_io_stop(loop, w);
+        pidfd_close(c);
+        child_finish(c);
+        reap_detached();
+}
+
+/* A child that someone else reaped before pidfd_open() could run: reported as
+ * lost from the loop, like any exit. */
+static void lost_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+        aiot_child *c = aiot__container_of(w, aiot_child, io);
+
+        c->status = AIOT_CHILD_LOST;
+        c->exited = true;
         pidfd_close(c);
         child_finish(c);
 }
@@ -269,6 +292,7 @@ static void reaper_cb(struct ev_loop *loop, ev_async *w, int revents)
                 list_remove(c);
                 child_finish(c);
         }
+        reap_detached();
 }
 
 static void sigchld_handler(int sig, siginfo_t *si, void *uc)
@@ -321,6 +345,7 @@ static void child_forget_parent(void)
         for (aiot_child *c = pidfd_children.head; c; c = c->next)
                 close(c->pidfd);
         pidfd_children.head = NULL;
+        detached.head = NULL;
         pidfd_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
         reapers_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
         atomic_store(&reapers, NULL);
@@ -375,10 +400,14 @@ static int fork_tracked(aiot_child *c, bool use_pidfd, aiot_child_fn fn, void *a
         else if (use_pidfd) {
                 /* A pidfd is always close-on-exec. */
                 c->pidfd = (int)syscall(__NR_pidfd_open, pid, 0);
-                if (c->pidfd < 0)
+                /* ESRCH: something else in the process (a waitpid(-1) in
+                 * another thread) reaped it already, and its PID may be reused:
+                 * not ours to kill.  Reported as lost. */
+                if (c->pidfd < 0 && errno == ESRCH)
+                        c->lost = true;
+                else if (c->pidfd < 0)
                         r = -errno;
-                else
-                        list_add(&pidfd_children, c);
+                list_add(&pidfd_children, c);
         } else
                 list_add(&c->reaper->tracked, c);
         if (use_pidfd)
@@ -386,6 +415,11 @@ static int fork_tracked(aiot_child *c, bool use_pidfd, aiot_child_fn fn, void *a
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         close(ready[1]);
         if (pid > 0 && r < 0) {
+                if (use_pidfd) {
+                        pthread_mutex_lock(&pidfd_lock);
+                        list_remove(c);
+                        pthread_mutex_unlock(&pidfd_lock);
+                }
                 /* Still our unreaped child, so its PID cannot have been reused. */
                 kill(pid, SIGKILL);
                 (void)AIOT_RETRY_EINTR(waitpid(pid, NULL, 0));
@@ -410,6 +444,7 @@ int aiot_fork(struct ev_loop *loop, aiot_child_fn fn, void *arg, aiot_child_exit
         /* Once it exists, libev's default loop reaps every child with waitpid(-1). */
         aiot__return_if(ev_default_loop_uc_() != NULL, -EBUSY);
 
+        reap_detached();
         use_pidfd = aiot_fork_mode() == AIOT_FORK_PIDFD;
         r = sigchld_prepare(!use_pidfd);
         if (r < 0)
@@ -419,6 +454,7 @@ int aiot_fork(struct ev_loop *loop, aiot_child_fn fn, void *arg, aiot_child_exit
                 return -ENOMEM;
         c->owner = getpid();
         c->pidfd = -1;
+        c->loop = loop;
         c->on_exit = on_exit;
         c->userdata = userdata;
         if (!use_pidfd) {
@@ -435,7 +471,10 @@ int aiot_fork(struct ev_loop *loop, aiot_child_fn fn, void *arg, aiot_child_exit
                 free(c);
                 return r;
         }
-        if (use_pidfd) {
+        if (c->lost) {
+                ev_init(&c->io, lost_cb);
+                ev_feed_event(loop, &c->io, EV_CUSTOM);
+        } else if (use_pidfd) {
                 ev_io_init(&c->io, pidfd_cb, c->pidfd, EV_READ);
                 ev_io_start(loop, &c->io);
         }
@@ -458,7 +497,7 @@ int aiot_child_signal(aiot_child *c, int signo)
         aiot__return_if(!c || signo < 0 || signo >= NSIG, -EINVAL);
         aiot__return_if(c->owner != getpid(), -ECHILD);
         /* Reaped: the PID may name another process now, so no system call at all. */
-        aiot__return_if(c->exited, -ESRCH);
+        aiot__return_if(c->exited || c->lost, -ESRCH);
         if (c->pidfd >= 0)
                 r = syscall(__NR_pidfd_send_signal, c->pidfd, signo, NULL, 0);
         else
@@ -478,6 +517,7 @@ int aiot_child_set_exit_cb(aiot_child *c, aiot_child_exit_cb on_exit, void *user
 {
         aiot__return_if(!c, -EINVAL);
         aiot__return_if(c->owner != getpid(), -ECHILD);
+        aiot__return_if(c->cb_owned, -EBUSY);
         aiot__return_if(c->exited, -ESRCH);
         c->on_exit = on_exit;
         c->userdata = userdata;
@@ -502,4 +542,95 @@ void aiot_child_free(aiot_child *c)
         c->orphan = true;
         c->on_exit = NULL;
         c->userdata = NULL;
+}
+
+/* ---------------------------------------------------------------- internal hooks */
+
+void aiot__child_own_exit_cb(aiot_child *c)
+{
+        c->cb_owned = true;
+}
+
+/* Reaps one detached child without blocking; returns whether it ended. */
+static bool detached_reap_one(aiot_child *c)
+{
+        if (c->lost) {
+                c->status = AIOT_CHILD_LOST;
+        } else if (c->pidfd >= 0) {
+                siginfo_t si = {0};
+                int r = AIOT_RETRY_EINTR(waitid(AIOT__P_PIDFD, (id_t)c->pidfd, &si, WEXITED | WNOHANG));
+
+                if (r == 0 && si.si_pid == 0)
+                        return false;
+                c->status = r < 0 ? AIOT_CHILD_LOST : status_from_siginfo(&si);
+        } else {
+                int st = 0;
+                pid_t p = AIOT_RETRY_EINTR(waitpid(c->pid, &st, WNOHANG));
+
+                if (p == 0)
+                        return false;
+                c->status = p < 0 ? AIOT_CHILD_LOST : status_from_wait(st);
+        }
+        c->exited = true;
+        return true;
+}
+
+static void reap_list(struct child_list *l, bool locked)
+{
+        aiot_child *c, *next;
+
+        if (locked)
+                pthread_mutex_lock(&pidfd_lock);
+        for (c = l->head; c; c = next) {
+                next = c->next;
+                if (c->loop || c->owner != getpid() || !detached_reap_one(c))
+                        continue;
+                list_remove(c);
+                c->pidfd = aiot__close(c->pidfd);
+                /* No callback: its loop is gone.  A held handle reports the
+                 * status through aiot_child_status(). */
+                if (c->orphan)
+                        free(c);
+        }
+        if (locked)
+                pthread_mutex_unlock(&pidfd_lock);
+}
+
+/* Detached children are reaped whenever the process forks again or sees a
+ * watched child end (a SIGCHLD reached some loop). */
+static void reap_detached(void)
+{
+        reap_list(&detached, false);
+        reap_list(&pidfd_children, true);
+}
+
+void aiot__fork_loop_gone(struct ev_loop *loop)
+{
+        struct reaper *r;
+        aiot_child *c;
+
+        pthread_mutex_lock(&pidfd_lock);
+        for (c = pidfd_children.head; c; c = c->next)
+                if (c->loop == loop && c->owner == getpid()) {
+                        ev_clear_pending(loop, &c->io);
+                        ev_io_stop(loop, &c->io);
+                        c->loop = NULL;
+                }
+        pthread_mutex_unlock(&pidfd_lock);
+        pthread_mutex_lock(&reapers_lock);
+        for (r = atomic_load(&reapers); r; r = r->next)
+                if (r->owner == loop)
+                        break;
+        pthread_mutex_unlock(&reapers_lock);
+        if (r) {
+                while ((c = r->tracked.head)) {
+                        list_remove(c);
+                        c->loop = NULL;
+                        c->reaper = NULL;
+                        list_add(&detached, c);
+                }
+                /* The handler stops sending to the loop before it goes. */
+                reaper_put_if_idle(r);
+        }
+        reap_detached();
 }

@@ -8,10 +8,12 @@
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "aiotools/io.h"
+#include "fork-internal.h"
 #include "macro.h"
 #include "task-internal.h"
 
@@ -168,6 +170,11 @@ static int fdw_get(struct io_state *st, int fd, struct fdw **ret)
         if (i >= st->nfds) {
                 size_t n = st->nfds ? st->nfds : 64;
                 struct fdw **fds;
+                struct rlimit rl;
+
+                /* No such fd can be open: do not grow the table for it. */
+                if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && i >= rl.rlim_cur)
+                        return -EBADF;
 
                 while (n <= i)
                         n *= 2;
@@ -448,8 +455,24 @@ static void child_unpark(aiot_task *t, void *arg)
         w->rec = NULL;
 }
 
+struct task_child {
+        aiot_child_fn fn;
+        void *arg;
+};
+
+/* The forked child starts outside any loop: the one it inherited is the
+ * parent's, with the parent's tasks in it. */
+static int task_child_main(void *p)
+{
+        struct task_child *tc = p;
+
+        aiot__task_after_fork();
+        return tc->fn(tc->arg);
+}
+
 int aiot_task_fork(aiot_child_fn fn, void *arg, aiot_child **ret)
 {
+        struct task_child tc = { .fn = fn, .arg = arg };
         aiot_task *t = aiot__task_current();
         struct io_state *st;
         struct child_rec *rec;
@@ -465,11 +488,12 @@ int aiot_task_fork(aiot_child_fn fn, void *arg, aiot_child **ret)
         rec = calloc(1, sizeof(*rec));
         if (!rec)
                 return -ENOMEM;
-        r = aiot_fork(st->ev, fn, arg, child_exited, rec, &c);
+        r = aiot_fork(st->ev, task_child_main, &tc, child_exited, rec, &c);
         if (r < 0) {
                 free(rec);
                 return r;
         }
+        aiot__child_own_exit_cb(c);
         rec->st = st;
         rec->child = c;
         rec->next = st->children;

@@ -605,14 +605,15 @@ static int activation_count(char *err, size_t errlen)
  * workers share it and must never sleep in accept(). */
 static int activation_take_fd(int fd, const char *name, char *err, size_t errlen)
 {
-        int type = 0, acc = 0, fl;
+        int type = 0, acc = 0, fl, r;
         socklen_t len = sizeof(int);
         char ebuf[128];
         struct stat st;
 
-        if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
-                int r = errno == EBADF ? -EBADF : -ENOTSOCK;
-
+        /* errno is fstat's only when fstat failed: a stale EBADF from
+         * earlier code must not turn "not a socket" into "not open". */
+        r = fstat(fd, &st) < 0 ? -errno : !S_ISSOCK(st.st_mode) ? -ENOTSOCK : 0;
+        if (r < 0) {
                 errf(err, errlen, "socket activation: fd %d ('%s'): %s", fd, name,
                      errstr(-r, ebuf, sizeof(ebuf)));
                 return r;

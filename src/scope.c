@@ -144,13 +144,15 @@ static void default_on_error(aiot_task *t, int rc, void *userdata)
         aiot_log(AIOT_LOG_INFO, "task %p failed: %s (no error handler in its scope)", (void *)t, strerror(-rc));
 }
 
-void aiot__scope_child_done(aiot_task *t)
+int aiot__scope_child_done(aiot_task *t)
 {
         aiot_scope *s = t->scope;
         int rc = t->result;
 
-        if (!s)
-                return;
+        if (!(rc < 0 && rc != -ECANCELED) && !s->done_hook) {
+                aiot__scope_child_ended(t);
+                return 0;
+        }
         if (rc < 0 && rc != -ECANCELED) {
                 if (s->fail_fast && !s->first_error) {
                         s->first_error = rc;
@@ -163,6 +165,13 @@ void aiot__scope_child_done(aiot_task *t)
         }
         if (s->done_hook)
                 s->done_hook(s, t);
+        return 1;
+}
+
+void aiot__scope_child_ended(aiot_task *t)
+{
+        aiot_scope *s = t->scope;
+
         assert(s->live > 0);
         if (--s->live == 0 && s->closing)
                 aiot__wake(s->host, 0);
@@ -196,10 +205,8 @@ int aiot_scope_open(aiot_scope **ret, const struct aiot_scope_opts *opts)
         if (s->shield)
                 aiot_shield_begin();
         if (opts && opts->timeout > 0 && !isinf(opts->timeout)) {
-                uint64_t now = aiot__now_ns(s->loop), d = aiot__s_to_ns(opts->timeout);
-
                 s->has_timeout = 1;
-                aiot__deadline_begin_ns(&s->timeout, now + d);
+                aiot__deadline_begin_ns(&s->timeout, aiot__at_from_now(s->loop, opts->timeout));
         }
         s->dl_at_open = host->deadlines;
         s->outer = host->hosted;
@@ -470,6 +477,9 @@ int aiot_as_completed_close(aiot_as_completed *ac)
                 return 0;
         if (aiot__task_current() != ac->s->host)
                 return -EPERM;
+        /* Checked before cancelling: a refused close leaves the tasks running. */
+        if (ac->s->host->hosted != ac->s)
+                return -EBUSY;
         aiot_scope_cancel(ac->s);
         r = aiot_scope_close(ac->s);
         if (r < 0 && r != -ECANCELED && r != -ETIMEDOUT)

@@ -34,6 +34,11 @@
  *  Time and the runtime timer heap (binary heap, ties FIFO, one ev_timer):
  *  aiot__now_ns(l)              the loop clock in ns (monotonic or virtual).
  *  aiot__s_to_ns(seconds)       relative seconds -> ns, saturating (NaN/neg -> 0).
+ *  aiot__at_from_now(l, s)      the absolute time s seconds from now, saturating
+ *                               below AIOT__NEVER; +INFINITY gives AIOT__NEVER.
+ *  AIOT__NEVER                  an absolute time that never comes: sleeping until
+ *                               it parks without a timer (the virtual clock never
+ *                               jumps to it).
  *  aiot__timer_init(tm, fn)     prepares an entry; fn(tm) runs in the scheduler,
  *                               outside any task, when tm expires: it must not
  *                               block; it may wake, cancel, spawn, re-arm.  The
@@ -90,6 +95,8 @@ int aiot__check(void);
 
 uint64_t aiot__now_ns(aiot_loop *l);
 uint64_t aiot__s_to_ns(double seconds);
+#define AIOT__NEVER UINT64_MAX
+uint64_t aiot__at_from_now(aiot_loop *l, double seconds);
 
 typedef struct aiot__timer aiot__timer;
 typedef void (*aiot__timer_fn)(aiot__timer *tm);
@@ -129,7 +136,11 @@ struct aiot__deadline {
 };
 
 /* Called by task.c. */
-void aiot__scope_child_done(aiot_task *t);       /* in the ending child, shielded */
+int aiot__scope_child_done(aiot_task *t);        /* in the ending child (t->scope set),
+                                                    shielded: runs the error handler and
+                                                    hook (may block) and returns 1; with
+                                                    neither, ends t (below), returns 0 */
+void aiot__scope_child_ended(aiot_task *t);      /* after a 1, t cleaned up: no longer live */
 void aiot__scope_cancel_hosted(aiot_task *t, struct aiot__deadline *d);
                                                  /* d NULL: the host's cancellation was
                                                     delivered; else deadline d expired */

@@ -35,6 +35,7 @@
 #endif
 
 #include "aiotools/log.h"
+#include "fork-internal.h"
 #include "macro.h"
 #include "task-internal.h"
 
@@ -46,6 +47,10 @@
 #define POLL_CHECK_EVERY 64
 #define POLL_FORCE_CHECKS 64
 #define POLL_INTERVAL_NS 50000
+/* Each stack's top is shifted by up to this much (see task_new_raw()): it comes
+ * on top of the size asked for, and of the default size task.h documents. */
+#define STACK_SHIFT_MAX (15 * 192)
+#define STACK_DEFAULT (256u * 1024u)
 /* Task structs kept for reuse per loop.  None under ASan or valgrind, so that
  * they see a use of a released task handle. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -58,6 +63,7 @@ struct heap_ent {
         uint64_t at;
         uint64_t seq;
         aiot__timer *tm;
+        aiot_task *owner; /* for deadlines: the task whose stack holds tm */
 };
 
 struct aiot_loop {
@@ -167,11 +173,15 @@ uint64_t aiot__s_to_ns(double seconds)
         return (uint64_t)(seconds * 1e9);
 }
 
-static uint64_t deadline_from_now(aiot_loop *l, double seconds)
+uint64_t aiot__at_from_now(aiot_loop *l, double seconds)
 {
-        uint64_t now = aiot__now_ns(l), d = aiot__s_to_ns(seconds);
+        uint64_t now = aiot__now_ns(l), d;
 
-        return now > UINT64_MAX - d ? UINT64_MAX : now + d;
+        if (isinf(seconds) && seconds > 0)
+                return AIOT__NEVER;
+        d = aiot__s_to_ns(seconds);
+        /* The virtual clock may already be centuries ahead. */
+        return now >= AIOT__NEVER - d ? AIOT__NEVER - 1 : now + d;
 }
 
 double aiot_now(void)
@@ -254,7 +264,7 @@ static void heap_grow(aiot_loop *l)
         l->heap_cap = cap;
 }
 
-void aiot__timer_arm(aiot_loop *l, aiot__timer *tm, uint64_t at)
+static void timer_arm_owned(aiot_loop *l, aiot__timer *tm, uint64_t at, aiot_task *owner)
 {
         tm->at = at;
         tm->seq = ++l->heap_seq;
@@ -272,9 +282,31 @@ void aiot__timer_arm(aiot_loop *l, aiot__timer *tm, uint64_t at)
         if (l->heap_n == l->heap_cap)
                 heap_grow(l);
         l->heap_n++;
-        l->heap[l->heap_n] = (struct heap_ent){ .at = at, .seq = tm->seq, .tm = tm };
+        l->heap[l->heap_n] = (struct heap_ent){ .at = at, .seq = tm->seq, .tm = tm, .owner = owner };
         tm->idx = l->heap_n;
         heap_up(l->heap, l->heap_n);
+}
+
+void aiot__timer_arm(aiot_loop *l, aiot__timer *tm, uint64_t at)
+{
+        timer_arm_owned(l, tm, at, NULL);
+}
+
+/* Drops every entry owned by t without touching the entries themselves (they
+ * may sit in dead stack frames), and rebuilds the heap. */
+static void timers_drop_owned(aiot_loop *l, aiot_task *t)
+{
+        struct heap_ent *h = l->heap;
+        size_t n = 0;
+
+        for (size_t i = 1; i <= l->heap_n; i++)
+                if (h[i].owner != t)
+                        h[++n] = h[i];
+        l->heap_n = n;
+        for (size_t i = n / 2; i >= 1; i--)
+                heap_down(h, n, i);
+        for (size_t i = 1; i <= n; i++)
+                h[i].tm->idx = i;
 }
 
 void aiot__timer_disarm(aiot_loop *l, aiot__timer *tm)
@@ -468,6 +500,10 @@ static int task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_s
 
         if (!t)
                 return -ENOMEM;
+        /* 0: the pool's size, which has the slack already.  (A size the pool
+         * refuses stays one it refuses.) */
+        if (stack_size && stack_size < SIZE_MAX - STACK_SHIFT_MAX)
+                stack_size += STACK_SHIFT_MAX;
         r = aiot__stack_get(l->pool, stack_size, &lo, &usable);
         if (r < 0) {
                 t->loop = l;
@@ -505,7 +541,7 @@ static int task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_s
          * addresses 4 KiB apart, which the CPU mistakes for a dependency (4K
          * aliasing).  Shifting each stack's top by a few cache lines avoids it. */
         l->color = (l->color + 1) & 15;
-        aiot__ctx_make(&t->ctx, lo, usable - (size_t)l->color * 192, task_entry, t);
+        aiot__ctx_make(&t->ctx, lo, usable - (size_t)l->color * (STACK_SHIFT_MAX / 15), task_entry, t);
         rq_push(l, t);
         *ret = t;
         return 0;
@@ -529,10 +565,41 @@ static void task_release(aiot_task *t)
 
 static void deliver_cancel(aiot_task *t);
 
-static void deadlines_clear(aiot_task *t)
+/* The special problem of deadlines in dead frames.  A function of the task (its
+ * body, a deferred callback, an error handler) may return with deadlines still
+ * active: they sit in its dead stack frames, which the cleanup's own calls
+ * overwrite at once, so they are never read again.  Their timers leave the heap
+ * by owner; the scopes the task still hosts forget the chain (a deadline
+ * expiring later would walk it) and their own timeouts, which were in it. */
+static void frame_deadlines_clear(aiot_task *t)
 {
-        while (t->deadlines)
-                aiot__deadline_end_any(t->deadlines);
+        if (AIOT_LIKELY(!t->deadlines))
+                return;
+        timers_drop_owned(t->loop, t);
+        t->deadlines = NULL;
+        t->n_expired = 0;
+        for (aiot_scope *s = t->hosted; s; s = s->outer) {
+                s->dl_at_open = NULL;
+                s->timeout.active = 0;
+                s->timeout.tm.idx = 0;
+        }
+}
+
+/* Runs the cleanup of an ending task, shielded: deferred callbacks (LIFO), then
+ * the scopes left open are cancelled and closed. */
+static __attribute__((noinline)) void task_cleanup(aiot_task *t)
+{
+        frame_deadlines_clear(t);
+        while (t->defers) {
+                struct aiot__defer *d = t->defers;
+
+                t->defers = d->next;
+                d->fn(d->arg);
+                free(d);
+                frame_deadlines_clear(t);
+        }
+        if (t->hosted)
+                aiot__scope_close_leftovers(t);
 }
 
 static void task_finish(aiot_task *t, int rc)
@@ -541,21 +608,16 @@ static void task_finish(aiot_task *t, int rc)
         aiot_task *next;
 
         t->result = rc;
-        /* Deadlines left active by a function that returned inside them sit in its
-         * dead frames: take them off the heap before cleanup reuses that stack. */
-        deadlines_clear(t);
         t->shield++;
-        while (t->defers) {
-                struct aiot__defer *d = t->defers;
-
-                t->defers = d->next;
-                d->fn(d->arg);
-                free(d);
-                deadlines_clear(t);
+        if (AIOT_UNLIKELY(t->deadlines || t->defers || t->hosted))
+                task_cleanup(t);
+        /* The error handler and the helpers' hooks may block and leave
+         * deadlines, scopes, even defers behind them: when one ran, the task is
+         * cleaned up again before it stops counting as live in its scope. */
+        if (t->scope && aiot__scope_child_done(t)) {
+                task_cleanup(t);
+                aiot__scope_child_ended(t);
         }
-        if (t->hosted)
-                aiot__scope_close_leftovers(t);
-        aiot__scope_child_done(t);
         t->state = AIOT__T_DONE;
         if (t->joiner)
                 aiot__wake(t->joiner, 0);
@@ -762,7 +824,9 @@ int aiot__sleep_until(uint64_t at)
                 return r;
         s.t = t;
         aiot__timer_init(&s.tm, sleep_fire);
-        aiot__timer_arm(t->loop, &s.tm, at);
+        /* Forever: nothing to arm (on a virtual clock the clock would jump to it). */
+        if (at != AIOT__NEVER)
+                aiot__timer_arm(t->loop, &s.tm, at);
         return park_intr(t->loop, t, sleep_unpark, &s);
 }
 
@@ -773,7 +837,7 @@ int aiot_sleep(double seconds)
         aiot__return_if(isnan(seconds), -EINVAL);
         if (!l || !l->current)
                 return -EPERM;
-        return aiot__sleep_until(deadline_from_now(l, seconds));
+        return aiot__sleep_until(aiot__at_from_now(l, seconds));
 }
 
 /* ---------------------------------------------------------------- cancellation */
@@ -869,7 +933,9 @@ static int join_check(aiot_task *t, aiot_task *self)
                 return -EPERM;
         if (t == self)
                 return -EDEADLK;
-        if (t->joiner && t->joiner != self && t->state != AIOT__T_DONE)
+        /* Also once t has ended: its joiner was woken but has not run yet, and
+         * it frees t when it does. */
+        if (t->joiner && t->joiner != self)
                 return -EBUSY;
         return 0;
 }
@@ -977,8 +1043,8 @@ int aiot__deadline_begin_ns(struct aiot__deadline *d, uint64_t at)
         t->deadlines = d;
         if (at <= aiot__now_ns(t->loop))
                 deadline_expire(d);
-        else if (at != UINT64_MAX)
-                aiot__timer_arm(t->loop, &d->tm, at);
+        else if (at != AIOT__NEVER)
+                timer_arm_owned(t->loop, &d->tm, at, t);
         return 0;
 }
 
@@ -1011,12 +1077,7 @@ int aiot_deadline_begin(aiot_deadline *dl, double seconds)
         aiot__return_if(isnan(seconds), -EINVAL);
         if (!l || !l->current)
                 return -EPERM;
-        if (seconds <= 0)
-                at = 0;
-        else if (isinf(seconds))
-                at = UINT64_MAX;
-        else
-                at = deadline_from_now(l, seconds);
+        at = seconds <= 0 ? 0 : aiot__at_from_now(l, seconds);
         return aiot__deadline_begin_ns(d, at);
 }
 
@@ -1107,7 +1168,7 @@ int aiot_loop_new(aiot_loop **ret, const struct aiot_loop_opts *opts)
         l = calloc(1, sizeof(*l));
         if (!l)
                 return -ENOMEM;
-        r = aiot__stack_pool_new(&l->pool, stack_size);
+        r = aiot__stack_pool_new(&l->pool, (stack_size ? stack_size : STACK_DEFAULT) + STACK_SHIFT_MAX);
         if (r < 0) {
                 free(l);
                 return r;
@@ -1133,6 +1194,8 @@ void aiot_loop_free(aiot_loop *l)
         if (!l)
                 return;
         assert(!l->running);
+        /* Children still running lose their watcher with the libev loop. */
+        aiot__fork_loop_gone(l->ev);
         for (int i = 0; i < AIOT__NSLOTS; i++)
                 if (l->slots[i].destroy)
                         l->slots[i].destroy(l, l->slots[i].data);

@@ -29,10 +29,19 @@ static int tick_task(void *arg)
  * the loop was busy are skipped rather than fired in a burst. */
 static uint64_t next_due(uint64_t due, uint64_t period, uint64_t now)
 {
+        uint64_t k;
+
+        /* Saturating: a virtual clock may be centuries ahead, and a period of
+         * centuries must not wrap around into the past (a burst of ticks). */
+        if (due >= AIOT__NEVER - period)
+                return AIOT__NEVER;
         due += period;
-        if (due <= now)
-                due += ((now - due) / period + 1) * period;
-        return due;
+        if (due > now)
+                return due;
+        k = (now - due) / period + 1;
+        if (k > (AIOT__NEVER - 1 - due) / period)
+                return AIOT__NEVER;
+        return due + k * period;
 }
 
 static int timer_loop(struct timer *tm, aiot_scope *ticks)

@@ -23,6 +23,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+
 #include "aiotools/fork.h"
 #include "testutil.h"
 
@@ -922,6 +928,51 @@ START_TEST(test_mode)
 }
 END_TEST
 
+/* pidfd_open() answering ESRCH means something else in the process reaped the
+ * child already (its PID may be reused by now): the child is reported lost,
+ * from the loop, and never signalled.  A seccomp filter fakes that answer. */
+static void pidfd_open_esrch(void)
+{
+        struct sock_filter f[] = {
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_pidfd_open, 0, 1),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ESRCH),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+
+        ck_assert_int_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        ck_assert_int_eq(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0);
+}
+
+START_TEST(test_pidfd_open_esrch_is_lost)
+{
+        struct ev_loop *loop;
+        struct rec r = { .status = 1 };
+        int status = 0;
+        pid_t pid;
+
+        if (aiot_fork_mode() != AIOT_FORK_PIDFD)
+                return; /* the SIGCHLD path never calls pidfd_open */
+        pidfd_open_esrch();
+        loop = new_loop();
+        ck_assert_int_eq(aiot_fork(loop, child_pause, NULL, rec_cb, &r, &r.c), 0);
+        pid = aiot_child_pid(r.c);
+        ck_assert_int_eq(aiot_child_signal(r.c, SIGKILL), -ESRCH);
+        ck_assert_int_eq(aiot_child_status(r.c, &status), -EAGAIN);
+        run_loop(loop);
+        ck_assert_int_eq(r.calls, 1);
+        ck_assert_int_eq(r.status, AIOT_CHILD_LOST);
+        ck_assert_int_eq(aiot_child_status(r.c, &status), 0);
+        ck_assert_int_eq(status, AIOT_CHILD_LOST);
+        aiot_child_free(r.c);
+        ev_loop_destroy(loop);
+        /* The fake: the child really is ours and alive, so clean it up. */
+        ck_assert_int_eq(kill(pid, SIGKILL), 0);
+        ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+}
+END_TEST
+
 int main(void)
 {
         Suite *s = suite_create("fork");
@@ -951,6 +1002,7 @@ int main(void)
 
         tcase_set_timeout(mode, 30);
         tcase_add_test(mode, test_mode);
+        tcase_add_test(mode, test_pidfd_open_esrch_is_lost);
         suite_add_tcase(s, mode);
         return testutil_run(s);
 }

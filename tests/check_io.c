@@ -702,6 +702,158 @@ START_TEST(test_child_wait_deadline)
 }
 END_TEST
 
+/* A child forked by a task starts outside any loop: the parent's loop, with the
+ * parent's tasks in it, is not its to run.  It may run a fresh loop of its own. */
+static int forked_ticks;
+
+static int parent_ticker(void *arg)
+{
+        for (;;) {
+                forked_ticks++;
+                if (aiot_sleep(0.001) < 0)
+                        return 0;
+        }
+}
+
+static int fresh_root(void *arg)
+{
+        return aiot_sleep(0.001) == 0 ? 40 : 1;
+}
+
+static int forked_in_task(void *arg)
+{
+        aiot_loop *l = NULL;
+        int before = forked_ticks, r;
+
+        if (aiot_current() != NULL || aiot_now() != 0.0)
+                return 10;
+        if (aiot_sleep(0.01) != -EPERM || aiot_yield() != -EPERM)
+                return 11;
+        if (forked_ticks != before)
+                return 12; /* a parent's task ran here */
+        if (aiot_loop_new(&l, NULL) < 0)
+                return 13;
+        r = aiot_loop_run(l, fresh_root, NULL);
+        aiot_loop_free(l);
+        return r == 40 && forked_ticks == before ? 0 : 14;
+}
+
+static int task_fork_main(void *arg)
+{
+        aiot_child *c = NULL;
+        aiot_scope *s;
+        aiot_task *ticker;
+        int status = -1;
+
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        ck_assert_int_eq(aiot_spawn(s, parent_ticker, NULL, &ticker), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(aiot_task_fork(forked_in_task, NULL, &c), 0);
+        ck_assert_int_eq(aiot_child_wait(c, &status), 0);
+        ck_assert_int_eq(status, 0);
+        aiot_child_free(c);
+        /* The exit callback is the one aiot_child_wait() relies on. */
+        ck_assert_int_eq(aiot_task_fork(wait_forever, NULL, &c), 0);
+        ck_assert_int_eq(aiot_child_set_exit_cb(c, NULL, NULL), -EBUSY);
+        ck_assert_int_eq(aiot_child_signal(c, SIGKILL), 0);
+        ck_assert_int_eq(aiot_child_wait(c, &status), 0);
+        ck_assert_int_eq(status, -SIGKILL);
+        aiot_child_free(c);
+        ck_assert_int_eq(aiot_cancel_and_wait(ticker), 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        return 0;
+}
+
+START_TEST(test_task_fork_child_has_no_loop)
+{
+        ck_assert_int_eq(run_loop(task_fork_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_count_zombies(), 0);
+}
+END_TEST
+
+/* A loop freed while a task-forked child still runs: the child is detached from
+ * the loop (no signal handler may reach the freed loop), and reaped later. */
+static int gated_child(void *arg)
+{
+        char b;
+
+        return read(*(int *)arg, &b, 1) == 1 ? 6 : 1;
+}
+
+struct detach {
+        int gate;
+        aiot_child *c;
+};
+
+static int detach_main(void *arg)
+{
+        struct detach *d = arg;
+
+        ck_assert_int_eq(aiot_task_fork(gated_child, &d->gate, &d->c), 0);
+        return 0;
+}
+
+static int fork_again_main(void *arg)
+{
+        aiot_child *c = NULL;
+        int status = -1;
+
+        ck_assert_int_eq(aiot_task_fork(exit_three, NULL, &c), 0);
+        ck_assert_int_eq(aiot_child_wait(c, &status), 0);
+        ck_assert_int_eq(status, 3);
+        aiot_child_free(c);
+        return 0;
+}
+
+START_TEST(test_loop_freed_with_running_child)
+{
+        struct detach d = { .c = NULL };
+        int p[2], status = -1;
+        siginfo_t si;
+
+        if (_i)
+                setenv("AIOTOOLS_NO_PIDFD", "1", 1);
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        d.gate = p[0];
+        ck_assert_int_eq(run_loop(detach_main, &d, 0), 0);
+        ck_assert_ptr_nonnull(d.c);
+        ck_assert_int_eq(aiot_child_status(d.c, &status), -EAGAIN);
+        /* The loop goes while the child runs; then the child exits (SIGCHLD). */
+        ck_assert_int_eq(close(p[0]), 0);
+        ck_assert_int_eq(write(p[1], "x", 1), 1);
+        ck_assert_int_eq(waitid(P_PID, (id_t)aiot_child_pid(d.c), &si, WEXITED | WNOWAIT), 0);
+        /* The next fork reaps it; its status is kept in the handle. */
+        ck_assert_int_eq(run_loop(fork_again_main, NULL, 0), 0);
+        ck_assert_int_eq(aiot_child_status(d.c, &status), 0);
+        ck_assert_int_eq(status, 6);
+        ck_assert_int_eq(testutil_count_zombies(), 0);
+        aiot_child_free(d.c);
+        close(p[1]);
+}
+END_TEST
+
+/* An fd no process can have open is refused, without growing the watcher table
+ * to its size. */
+static int huge_fd_main(void *arg)
+{
+        struct rlimit rl;
+
+        ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        if (rl.rlim_cur != RLIM_INFINITY)
+                ck_assert_int_eq(aiot_wait_fd((int)rl.rlim_cur, AIOT_READ), -EBADF);
+        ck_assert_int_eq(aiot_wait_fd(INT32_MAX, AIOT_READ), -EBADF);
+        ck_assert_int_eq(aiot_wait_fd(-1, AIOT_READ), -EINVAL);
+        return 0;
+}
+
+START_TEST(test_wait_fd_impossible_fd)
+{
+        /* (A table for INT32_MAX fds would take 16 GiB: -ENOMEM at best.  The
+         * kernel caps RLIMIT_NOFILE at 2^30, so INT32_MAX is always beyond.) */
+        ck_assert_int_eq(run_loop(huge_fd_main, NULL, 0), 0);
+}
+END_TEST
+
 static TCase *tcase(Suite *s, const char *name)
 {
         TCase *tc = tcase_create(name);
@@ -733,6 +885,9 @@ static Suite *io_suite(void)
         tc = tcase(s, "child");
         tcase_add_test(tc, test_child_wait);
         tcase_add_test(tc, test_child_wait_deadline);
+        tcase_add_test(tc, test_task_fork_child_has_no_loop);
+        tcase_add_loop_test(tc, test_loop_freed_with_running_child, 0, 2);
+        tcase_add_test(tc, test_wait_fd_impossible_fd);
         return s;
 }
 

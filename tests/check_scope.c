@@ -656,6 +656,35 @@ START_TEST(test_as_completed_in_completion_order)
 }
 END_TEST
 
+/* A close refused because a later scope is still open cancels nothing. */
+static int ac_busy_main(void *arg)
+{
+        struct child c[2] = { { .secs = 1, .rc = 1 }, { .secs = 2, .rc = 2 } };
+        aiot_task_fn fns[2] = { child_fn, child_fn };
+        void *args[2] = { &c[0], &c[1] };
+        aiot_as_completed *ac;
+        aiot_scope *inner;
+        size_t idx = 9;
+
+        ck_assert_int_eq(aiot_as_completed_open(&ac, 2, fns, args), 0);
+        ck_assert_int_eq(aiot_scope_open(&inner, NULL), 0);
+        ck_assert_int_eq(aiot_as_completed_close(ac), -EBUSY);
+        ck_assert_int_eq(aiot_scope_close(inner), 0);
+        ck_assert_int_eq(aiot_as_completed_next(ac, &idx, NULL), 0);
+        ck_assert_uint_eq(idx, 0);
+        ck_assert_int_eq(aiot_as_completed_next(ac, &idx, NULL), 0);
+        ck_assert_uint_eq(idx, 1);
+        ck_assert_int_eq(c[0].sleep_rc, 0);
+        ck_assert_int_eq(c[1].sleep_rc, 0);
+        return aiot_as_completed_close(ac);
+}
+
+START_TEST(test_as_completed_close_busy_cancels_nothing)
+{
+        ck_assert_int_eq(run(ac_busy_main, NULL), 0);
+}
+END_TEST
+
 static int running;
 
 static void dec_running(void *arg)
@@ -769,6 +798,7 @@ static Suite *scope_suite(void)
         tcase_add_test(tc, test_gather_reports_results_and_errors);
         tcase_add_test(tc, test_gather_cancelled_waits_for_all);
         tcase_add_test(tc, test_as_completed_in_completion_order);
+        tcase_add_test(tc, test_as_completed_close_busy_cancels_nothing);
         tcase_add_test(tc, test_race_first_success_wins);
         suite_add_tcase(s, tc);
         return s;

@@ -191,6 +191,51 @@ static int big_frame(void *arg)
         return buf[sizeof(buf) - 1] + buf[0];
 }
 
+/* The stack size asked for is what the task gets: the runtime's own use of the
+ * stack (the shift against 4K aliasing, which differs per task) comes on top. */
+#define ASKED (64 * 1024 - 256) /* the pool's header fits without rounding up */
+#ifdef __SANITIZE_ADDRESS__
+#define NEAR_FULL (ASKED - 16384) /* ASan's frames and interceptors are bigger */
+#else
+#define NEAR_FULL (ASKED - 1024)
+#endif
+
+static int near_full_stack(void *arg)
+{
+        volatile char buf[NEAR_FULL];
+
+        memset((char *)buf, 1, sizeof(buf));
+        return buf[NEAR_FULL - 1] + buf[0];
+}
+
+static int stack_size_exact_main(void *arg)
+{
+        struct aiot_spawn_opts o = { .size = sizeof(o), .stack_size = ASKED };
+        aiot_scope *s = open_scope();
+
+        for (int i = 0; i < 32; i++) { /* every shift, with and without spawn options */
+                aiot_task *t;
+                int res = 0;
+
+                ck_assert_int_eq(aiot_spawn_opts(s, near_full_stack, NULL, i % 2 ? &o : NULL, &t), 0);
+                ck_assert_int_eq(aiot_join(t, &res), 0);
+                ck_assert_int_eq(res, 2);
+        }
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_spawn_stack_size_is_usable)
+{
+        struct aiot_loop_opts o = { .size = sizeof(o), .stack_size = ASKED };
+        aiot_loop *l;
+
+        /* The loop's own size, and a bigger one asked for at spawn. */
+        ck_assert_int_eq(aiot_loop_new(&l, &o), 0);
+        ck_assert_int_eq(aiot_loop_run(l, stack_size_exact_main, NULL), 0);
+        aiot_loop_free(l);
+}
+END_TEST
+
 static int stack_size_main(void *arg)
 {
         struct aiot_spawn_opts o = { .size = sizeof(o), .stack_size = 1024 * 1024 };
@@ -1306,6 +1351,231 @@ static int fork_from_task(void *arg)
         return WEXITSTATUS(st);
 }
 
+/* A second join of a task that ended while a first joiner waited (woken, not
+ * yet run) is refused: the first joiner frees the handle when it runs. */
+static aiot_task *dj_target;
+static int dj_res_a = -1;
+
+static int dj_target_fn(void *arg)
+{
+        aiot_yield();
+        return 42;
+}
+
+static int dj_joiner(void *arg)
+{
+        ck_assert_int_eq(aiot_join(dj_target, &dj_res_a), 0);
+        return 0;
+}
+
+static int double_join_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        int res = -1;
+
+        ck_assert_int_eq(aiot_spawn(s, dj_target_fn, NULL, &dj_target), 0);
+        ck_assert_int_eq(aiot_spawn(s, dj_joiner, NULL, NULL), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        while (!aiot_task_done(dj_target))
+                ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(dj_res_a, -1); /* the joiner has not run yet */
+        ck_assert_int_eq(aiot_join(dj_target, &res), -EBUSY);
+        ck_assert_int_eq(aiot_cancel_and_wait(dj_target), -EBUSY);
+        ck_assert_int_eq(aiot_cancel_and_wait_all(&dj_target, 1, NULL), -EBUSY);
+        ck_assert_int_eq(res, -1);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        ck_assert_int_eq(dj_res_a, 42);
+        return 0;
+}
+
+START_TEST(test_join_of_ended_task_with_joiner_is_busy)
+{
+        ck_assert_int_eq(run(double_join_main, NULL, 0), 0);
+}
+END_TEST
+
+/* A task that returns inside a deadline with a scope open, whose deferred
+ * callback then uses deadlines on the same stack: the scope must not keep a
+ * pointer to the dead deadline. */
+static int lo_sleep_rc = 1;
+
+static int lo_sleeper(void *arg)
+{
+        lo_sleep_rc = aiot_sleep(100);
+        return lo_sleep_rc;
+}
+
+static void lo_defer(void *arg)
+{
+        volatile char junk[4096];
+        aiot_deadline d2;
+
+        memset((char *)junk, 0x41, sizeof(junk));
+        ck_assert_int_eq(aiot_deadline_begin(&d2, 0), 0);
+        ck_assert_int_eq(aiot_sleep(1), -ETIMEDOUT);
+        ck_assert_int_eq(aiot_deadline_end(&d2), 1);
+        /* Defers run before the scope left open is closed. */
+        ck_assert_int_eq(lo_sleep_rc, 1);
+}
+
+static int lo_worker(void *arg)
+{
+        aiot_deadline d;
+        aiot_scope *s;
+
+        ck_assert_int_eq(aiot_deadline_begin(&d, 100), 0);
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        ck_assert_int_eq(aiot_spawn(s, lo_sleeper, NULL, NULL), 0);
+        ck_assert_int_eq(aiot_defer(lo_defer, NULL), 0);
+        return 0;
+}
+
+static int leftover_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        double t0 = aiot_now();
+
+        ck_assert_int_eq(aiot_spawn(s, lo_worker, NULL, NULL), 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        ck_assert_int_eq(lo_sleep_rc, -ECANCELED);
+        ck_assert(aiot_now() - t0 < 1);
+        return 0;
+}
+
+START_TEST(test_return_inside_deadline_with_scope_open)
+{
+        ck_assert_int_eq(run(leftover_main, NULL, 1), 0);
+}
+END_TEST
+
+/* sleep(INFINITY) arms no timer: the virtual clock does not jump centuries
+ * ahead to wake it; only cancellation ends it. */
+static void inf_timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
+{
+        aiot_event_set(w->data);
+}
+
+static int inf_sleeper(void *arg)
+{
+        return aiot_sleep(INFINITY);
+}
+
+static int sleep_inf_main(void *arg)
+{
+        aiot_scope *s = open_scope();
+        aiot_event *ev;
+        aiot_task *t;
+        ev_timer w;
+        double t0 = aiot_now();
+        int res = 1;
+
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        ck_assert_int_eq(aiot_spawn(s, inf_sleeper, NULL, &t), 0);
+        /* Only a real-time libev timer can wake the root. */
+        ev_timer_init(&w, inf_timer_cb, 0.02, 0);
+        w.data = ev;
+        ev_timer_start(aiot_loop_ev(arg), &w);
+        ck_assert_int_eq(aiot_event_wait(ev), 0);
+        ck_assert_int_eq(aiot_task_done(t), 0);
+        ck_assert(aiot_now() - t0 < 1);
+        ck_assert_int_eq(aiot_cancel(t), 0);
+        ck_assert_int_eq(aiot_join(t, &res), 0);
+        ck_assert_int_eq(res, -ECANCELED);
+        aiot_event_free(ev);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_sleep_infinity_arms_no_timer)
+{
+        struct aiot_loop_opts o = { .size = sizeof(o), .virtual_clock = 1 };
+        aiot_loop *l;
+
+        ck_assert_int_eq(aiot_loop_new(&l, &o), 0);
+        ck_assert_int_eq(aiot_loop_run(l, sleep_inf_main, l), 0);
+        aiot_loop_free(l);
+}
+END_TEST
+
+/* Centuries of virtual time: later deadlines and scope timeouts saturate instead
+ * of wrapping around into the past. */
+static int far_ahead_main(void *arg)
+{
+        struct aiot_scope_opts so = { .size = sizeof(so), .timeout = 1e10 };
+        double t0 = aiot_now();
+        aiot_deadline d;
+        aiot_scope *s;
+
+        ck_assert_int_eq(aiot_sleep(1e10), 0);
+        ck_assert(aiot_now() - t0 > 9e9);
+        ck_assert_int_eq(aiot_deadline_begin(&d, 1e10), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        ck_assert_int_eq(aiot_deadline_end(&d), 0);
+        ck_assert_int_eq(aiot_scope_open(&s, &so), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        ck_assert_int_eq(aiot_deadline_begin(&d, 2), 0);
+        ck_assert_int_eq(aiot_sleep(INFINITY), -ETIMEDOUT);
+        ck_assert_int_eq(aiot_deadline_end(&d), 1);
+        return 0;
+}
+
+START_TEST(test_virtual_clock_far_ahead_saturates)
+{
+        ck_assert_int_eq(run(far_ahead_main, NULL, 1), 0);
+}
+END_TEST
+
+/* An error handler that blocks and leaves a deadline and a scope behind: both
+ * are cleaned up before the child counts as ended. */
+static int oe_sleep_rc = 1;
+
+static int oe_sleeper(void *arg)
+{
+        oe_sleep_rc = aiot_sleep(100);
+        return 0;
+}
+
+static void leaky_on_error(aiot_task *t, int rc, void *userdata)
+{
+        aiot_deadline d;
+        aiot_scope *s;
+
+        ck_assert_int_eq(aiot_sleep(0.5), 0); /* shielded, may block */
+        ck_assert_int_eq(aiot_deadline_begin(&d, 50), 0);
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        ck_assert_int_eq(aiot_spawn(s, oe_sleeper, NULL, NULL), 0);
+}
+
+static int fail_eio(void *arg)
+{
+        return -EIO;
+}
+
+static int on_error_leftover_main(void *arg)
+{
+        struct aiot_scope_opts o = { .size = sizeof(o), .on_error = leaky_on_error };
+        double t0 = aiot_now();
+        aiot_deadline d2;
+        aiot_scope *s;
+
+        ck_assert_int_eq(aiot_scope_open(&s, &o), 0);
+        ck_assert_int_eq(aiot_spawn(s, fail_eio, NULL, NULL), 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        ck_assert_int_eq(oe_sleep_rc, -ECANCELED);
+        ck_assert(fabs(aiot_now() - t0 - 0.5) < 1e-6);
+        /* No stale deadline is left on the heap. */
+        ck_assert_int_eq(aiot_deadline_begin(&d2, 0), 0);
+        ck_assert_int_eq(aiot_deadline_end(&d2), 1);
+        ck_assert_int_eq(aiot_sleep(100), 0);
+        return 0;
+}
+
+START_TEST(test_on_error_leftovers_cleaned_up)
+{
+        ck_assert_int_eq(run(on_error_leftover_main, NULL, 1), 0);
+}
+END_TEST
+
 START_TEST(test_fresh_loop_in_forked_child)
 {
         aiot_loop *l = NULL;
@@ -1326,9 +1596,15 @@ static Suite *task_suite(void)
         tcase_add_test(tc, test_loop_run_nested_is_busy);
         tcase_add_test(tc, test_fresh_loop_in_forked_child);
         tcase_add_test(tc, test_spawn_join);
+        tcase_add_test(tc, test_join_of_ended_task_with_joiner_is_busy);
+        tcase_add_test(tc, test_return_inside_deadline_with_scope_open);
+        tcase_add_test(tc, test_sleep_infinity_arms_no_timer);
+        tcase_add_test(tc, test_virtual_clock_far_ahead_saturates);
+        tcase_add_test(tc, test_on_error_leftovers_cleaned_up);
         tcase_add_test(tc, test_join_self_is_edeadlk);
         tcase_add_test(tc, test_100k_spawn_join);
         tcase_add_test(tc, test_spawn_stack_size);
+        tcase_add_test(tc, test_spawn_stack_size_is_usable);
         tcase_add_test(tc, test_yield_round_robin);
         tcase_add_test(tc, test_virtual_sleep_hour);
         tcase_add_test(tc, test_virtual_sleepers_in_order);

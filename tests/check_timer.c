@@ -277,6 +277,39 @@ START_TEST(test_real_clock)
 }
 END_TEST
 
+/* A period of centuries on a virtual clock already centuries ahead: the next
+ * due time saturates instead of wrapping into the past (a burst of ticks). */
+static int century_ticks;
+static aiot_task *century_timer;
+
+static int century_tick(double interval, void *arg)
+{
+        /* A burst would never let virtual time move: stop it. */
+        if (++century_ticks > 3)
+                aiot_cancel(century_timer);
+        return 0;
+}
+
+static int century_main(void *arg)
+{
+        aiot_scope *s;
+
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        ck_assert_int_eq(aiot_timer_start(s, century_tick, NULL, 1e10, AIOT_TIMER_DEFAULT, &century_timer), 0);
+        ck_assert_int_eq(aiot_sleep(1e10), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        ck_assert_int_eq(century_ticks, 2);
+        ck_assert_int_eq(aiot_cancel_and_wait(century_timer), 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        return 0;
+}
+
+START_TEST(test_century_period_saturates)
+{
+        ck_assert_int_eq(run_loop(century_main, NULL, 1), 0);
+}
+END_TEST
+
 static int noop_tick(double interval, void *arg)
 {
         return 0;
@@ -324,6 +357,7 @@ static Suite *timer_suite(void)
         tcase_add_loop_test(tc, test_stuck_tick, AIOT_TIMER_DEFAULT, AIOT_TIMER_CANCEL + 1);
         tcase_add_test(tc, test_real_clock);
         tcase_add_test(tc, test_invalid);
+        tcase_add_test(tc, test_century_period_saturates);
         suite_add_tcase(s, tc);
         return s;
 }

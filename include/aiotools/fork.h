@@ -42,7 +42,12 @@ enum aiot_fork_mode {
  * On success *ret is the handle, which owns the pidfd and reaps the process.
  * Returns 0, -EINVAL (bad argument or the default loop), -EBUSY (libev's
  * default loop exists in this process), -ECHILD (SIGCHLD is ignored, so the
- * kernel would discard the status), or the -errno of a failed system call. */
+ * kernel would discard the status), or the -errno of a failed system call.
+ * A child that something else reaped before its pidfd was opened is reported
+ * with AIOT_CHILD_LOST, from the loop, and never signalled.
+ * fn runs in a copy of the caller: called from a task, it must not use the
+ * parent's aiot loop or tasks; it may start a loop of its own (aiot_loop_run()
+ * sees the fork and forgets the parent's). */
 int aiot_fork(struct ev_loop *loop, aiot_child_fn fn, void *arg, aiot_child_exit_cb on_exit, void *userdata,
               aiot_child **ret);
 
@@ -60,13 +65,19 @@ int aiot_child_signal(aiot_child *c, int signo);
 int aiot_child_status(const aiot_child *c, int *status);
 
 /* Replaces the exit callback (NULL: none).  Returns 0, -EINVAL, -ECHILD (see
- * aiot_child_signal), or -ESRCH when the child has already been reaped: the
- * callback will not run then, read aiot_child_status() instead. */
+ * aiot_child_signal), -EBUSY for a child of aiot_task_fork() (whose callback
+ * aiot_child_wait() needs), or -ESRCH when the child has already been reaped:
+ * the callback will not run then, read aiot_child_status() instead. */
 int aiot_child_set_exit_cb(aiot_child *c, aiot_child_exit_cb on_exit, void *userdata);
 
 /* Frees the handle; NULL-safe; legal inside the child's own exit callback.  It
  * does not signal the child: a running child stays watched by its loop (and
- * keeps ev_run() going) until it exits and is reaped, silently. */
+ * keeps ev_run() going) until it exits and is reaped, silently.
+ * When an aiot loop is freed (aiot_loop_free()) while children forked on its
+ * libev loop still run, they are detached: their exit callbacks never run, and
+ * they are reaped when the process next forks with aiot_fork() or sees another
+ * watched child exit; a held handle then reports the status through
+ * aiot_child_status().  A raw libev loop must outlive its children. */
 void aiot_child_free(aiot_child *c);
 
 /* The mode the next aiot_fork() uses: AIOT_FORK_SIGCHLD when the kernel lacks

@@ -28,8 +28,9 @@ extern "C" {
  * Returns the ready directions (> 0, a subset of events); -ECANCELED or -ETIMEDOUT
  * when cancellation or a deadline is delivered (the fd stays usable); -EBUSY when
  * another task already waits on fd in one of those directions; -EBADF when fd is
- * closed with aiot_close() meanwhile; -EINVAL for a bad fd or events; -EPERM outside
- * a task. */
+ * closed with aiot_close() meanwhile, or is not below RLIMIT_NOFILE (no process
+ * can have it open); -EINVAL for a negative fd or bad events; -EPERM outside a
+ * task.  The blocking calls below return the same. */
 int aiot_wait_fd(int fd, int events);
 
 /* One read(2) from a non-blocking fd, parking while it would block.
@@ -62,7 +63,10 @@ int aiot_close(int fd);
 /* Forks a child running fn(arg) on the current task's loop, so that a task can wait
  * for it with aiot_child_wait().  Like aiot_fork(3) otherwise: returns once the child
  * runs; *ret is owned by the caller and freed with aiot_child_free() after it exited.
- * Returns 0 or -errno (-EPERM outside a task). */
+ * The child starts outside any loop: the parent's loop and tasks are not its to
+ * use (blocking calls return -EPERM there); it may run a loop of its own.  The
+ * exit callback belongs to aiot_child_wait(): aiot_child_set_exit_cb() on c
+ * returns -EBUSY.  Returns 0 or -errno (-EPERM outside a task). */
 int aiot_task_fork(aiot_child_fn fn, void *arg, aiot_child **ret);
 
 /* Parks the current task until the child c, forked with aiot_task_fork() on this

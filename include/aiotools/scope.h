@@ -84,7 +84,8 @@ int aiot_as_completed_next(aiot_as_completed *ac, size_t *index, int *result);
 
 /* Cancels the tasks still running, waits for them and frees ac.  Must be called by
  * the task that opened it.  Returns 0 or -ECANCELED / -ETIMEDOUT as
- * aiot_scope_close(); NULL-safe (returns 0). */
+ * aiot_scope_close(); NULL-safe (returns 0).  -EPERM (not the task that opened
+ * it) and -EBUSY (a scope opened after it is still open) change nothing. */
 int aiot_as_completed_close(aiot_as_completed *ac);
 
 #ifdef __cplusplus

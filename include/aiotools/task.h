@@ -81,7 +81,8 @@ int aiot_spawn_opts(aiot_scope *s, aiot_task_fn fn, void *arg, const struct aiot
 /* Waits for t to end, stores its result in *result (may be NULL) and releases
  * the handle.  Returns 0; -ECANCELED / -ETIMEDOUT when the caller is
  * interrupted (t keeps running and the handle stays valid); -EDEADLK when t is
- * the caller; -EBUSY when another task already waits for t; -EINVAL. */
+ * the caller; -EBUSY when another task already waits for t (also once t has
+ * ended: that task frees the handle); -EINVAL. */
 int aiot_join(aiot_task *t, int *result);
 
 /* 1 once t has ended, 0 while it runs (also 0 for NULL). */
@@ -116,7 +117,8 @@ int aiot_cancel_and_wait(aiot_task *t);
 /* The same for a set of n distinct tasks: cancels all, waits for all, stores each
  * result in results[i] (may be NULL) and releases every handle, only once all have
  * ended.  On -ECANCELED / -ETIMEDOUT no handle is released.  -EINVAL also for
- * duplicates in ts. */
+ * duplicates in ts; -EDEADLK / -EBUSY as above, for any of them, before anything
+ * is cancelled. */
 int aiot_cancel_and_wait_all(aiot_task *const ts[], size_t n, int results[]);
 
 /* A shield: cancellation requested inside is delivered at the end of the
@@ -133,8 +135,9 @@ int aiot_checkpoint(void);
  * -EPERM outside a task. */
 int aiot_yield(void);
 
-/* Sleeps for seconds on the loop's clock.  Returns 0, -ECANCELED, -ETIMEDOUT,
- * -EINVAL (NaN), -EPERM outside a task. */
+/* Sleeps for seconds on the loop's clock; +INFINITY sleeps until cancelled or a
+ * deadline passes (no timer: a virtual clock never jumps to it).  Returns 0,
+ * -ECANCELED, -ETIMEDOUT, -EINVAL (NaN), -EPERM outside a task. */
 int aiot_sleep(double seconds);
 
 /* ---- deadlines (move_on_after) */

@@ -82,6 +82,13 @@ static int check_module_owner(const char *path)
 }
 
 /* A copy of argv: the process title later overwrites the original strings. */
+static void free_argv(int argc, char **argv)
+{
+        for (int i = 0; argv && i < argc; i++)
+                free(argv[i]);
+        free(argv);
+}
+
 static char **dup_argv(int argc, char **argv)
 {
         char **copy = calloc((size_t)argc + 1, sizeof(*copy));
@@ -89,8 +96,10 @@ static char **dup_argv(int argc, char **argv)
         if (!copy)
                 return NULL;
         for (int i = 0; i < argc; i++)
-                if (!(copy[i] = strdup(argv[i])))
+                if (!(copy[i] = strdup(argv[i]))) {
+                        free_argv(i, copy);
                         return NULL;
+                }
         return copy;
 }
 
@@ -166,7 +175,8 @@ static int check_binds(const struct cli_config *cli)
         return 0;
 }
 
-int main(int argc, char **argv)
+/* Everything after the copy of argv; every string in the config points into it. */
+static int serve(int argc, char **argv)
 {
         struct cli_config cli;
         struct aiot_server_config cfg = {.size = sizeof(cfg)};
@@ -175,9 +185,6 @@ int main(int argc, char **argv)
         void *handle = NULL;
         int status;
 
-        argv = dup_argv(argc, argv);
-        if (!argv)
-                return usage_error("out of memory");
         if (cli_parse(argc, argv, &cli, err, sizeof(err)) < 0)
                 return usage_error("%s", err);
         if (cli.help) {
@@ -243,9 +250,18 @@ int main(int argc, char **argv)
         aiot_log(AIOT_LOG_DEBUG, "module '%s' loaded from %s", m->name ? m->name : "?", cli.module);
         status = aiot_server_run(&cfg);
         free(margv);
-        for (int i = 0; i < argc; i++)
-                free(argv[i]);
-        free(argv);
         /* The module stays loaded: its code may still be referenced by atexit handlers. */
+        return status;
+}
+
+int main(int argc, char **argv)
+{
+        char **copy = dup_argv(argc, argv);
+        int status;
+
+        if (!copy)
+                return usage_error("out of memory");
+        status = serve(argc, copy);
+        free_argv(argc, copy);
         return status;
 }

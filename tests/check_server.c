@@ -818,6 +818,11 @@ static char *http(int port, const char *req, size_t len)
         return buf;
 }
 
+static char *http_str(int port, const char *req)
+{
+        return http(port, req, strlen(req));
+}
+
 START_TEST(test_http_hello)
 {
         struct srv s;
@@ -841,18 +846,18 @@ START_TEST(test_http_hello)
         ck_assert_int_eq(count_in(r, "Connection: close"), 1);
         ck_assert_ptr_nonnull(strstr(r, "Connection: close\r\n\r\nhello\n"));
         /* HTTP/1.0 closes after one answer. */
-        r = http(port, "GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n", 36);
+        r = http_str(port, "GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n");
         ck_assert_int_eq(count_in(r, "200 OK"), 1);
         /* Oversized head: 431; malformed: 400; chunked body: 501. */
         memset(big, 'a', sizeof(big));
         memcpy(big, "GET / HTTP/1.1\r\nX: ", 20);
         r = http(port, big, sizeof(big));
         ck_assert_ptr_nonnull(strstr(r, "HTTP/1.1 431 "));
-        r = http(port, "garbage\r\n\r\n", 11);
+        r = http_str(port, "garbage\r\n\r\n");
         ck_assert_ptr_nonnull(strstr(r, "HTTP/1.1 400 "));
-        r = http(port, "GET / HTTP/2.0\r\n\r\n", 20);
+        r = http_str(port, "GET / HTTP/2.0\r\n\r\n");
         ck_assert_ptr_nonnull(strstr(r, "HTTP/1.1 400 "));
-        r = http(port, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 49);
+        r = http_str(port, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
         ck_assert_ptr_nonnull(strstr(r, "HTTP/1.1 501 "));
         /* An idle keep-alive connection does not hold up the stop beyond the drain time. */
         {
@@ -1468,7 +1473,7 @@ START_TEST(test_http_drain_on_reload)
         close(fd);
         /* The old worker is gone at once (not after the drain time); the new one serves. */
         ck_assert(srv_wait_err(&s, "worker 0 (pid ", 0, T_LONG));
-        ck_assert_int_eq(count_in(http(port, "GET / HTTP/1.0\r\n\r\n", 18), "200 OK"), 1);
+        ck_assert_int_eq(count_in(http_str(port, "GET / HTTP/1.0\r\n\r\n"), "200 OK"), 1);
         kill(s.pid, SIGTERM);
         ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
         ck_assert(no_children_within(1.0));

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Quick start for a fresh Debian machine (run as root from a clone of the tree):
 #   contrib/quickstart.sh run    install what is missing, build, serve the echo example
-#   contrib/quickstart.sh test   install what is missing, build, run `make check`
-# The build lives in ./build so the source tree stays clean.
+#   contrib/quickstart.sh test   install what is missing, build, run `make check`,
+#                                then the same again in an ASan+UBSan build
+# Builds live in ./build and ./build-asan so the source tree stays clean.
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,7 +11,7 @@ build="$top/build"
 
 # Build and test dependencies, as Debian package names.
 DEPS="build-essential autoconf automake libtool pkg-config libev-dev libsystemd-dev
-      check libsubunit-dev libseccomp-dev mandoc valgrind systemd
+      check libsubunit-dev libseccomp-dev mandoc valgrind systemd python3 bc wrk
       gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
 
 install_missing() {
@@ -31,20 +32,36 @@ install_missing() {
         apt-get install -y -q --no-install-recommends $missing
 }
 
+# build DIR [CONFIGURE-ARGS...]: configure (once) and build the tree in DIR.
 build() {
+        dir=$1
+        shift
         cd "$top"
         [ -x configure ] && [ configure -nt configure.ac ] && [ Makefile.in -nt Makefile.am ] || ./autogen.sh
-        mkdir -p "$build"
-        cd "$build"
-        [ -f Makefile ] || ../configure --enable-werror
+        mkdir -p "$dir"
+        cd "$dir"
+        [ -f Makefile ] || ../configure "$@"
         make -j"$(nproc)"
+}
+
+# check DIR: runs make check there and prints every Check suite's summary.
+check() {
+        rc=0
+        cd "$1"
+        make -j"$(nproc)" check || rc=$?
+        echo "quickstart: results in $1"
+        find tests -name '*.log' | sort | while read -r log; do
+                sed -n -E "s|^([0-9]+%: Checks: .*)|  ${log%.log}: \\1|p" "$log"
+        done
+        grep -E '^# (TOTAL|PASS|SKIP|FAIL|ERROR)' test-suite.log || true
+        [ $rc -eq 0 ] || tail -n 100 test-suite.log
+        return $rc
 }
 
 case "${1:-}" in
 run)
         install_missing
-        build
-        cd "$build"
+        build "$build" --enable-werror
         echo "quickstart: serving the echo example module on 127.0.0.1:8080 with 2 workers"
         echo "quickstart: talk to it from another terminal: nc 127.0.0.1 8080 (every line comes back)"
         echo "quickstart: Ctrl-C here stops it (open connections get up to 30 s to finish)"
@@ -52,13 +69,10 @@ run)
         ;;
 test)
         install_missing
-        build
-        # Check prints one summary line per suite into the logs; show them all.
-        rc=0
-        make -j"$(nproc)" check || rc=$?
-        grep -h -E '^[0-9]+%: Checks: |^(PASS|FAIL): ' "$build"/tests/*.log 2>/dev/null || true
-        [ $rc -eq 0 ] || { cat "$build/test-suite.log" 2>/dev/null | tail -n 100; }
-        exit $rc
+        build "$build" --enable-werror
+        check "$build"
+        build "$top/build-asan" --enable-werror --enable-sanitizers
+        check "$top/build-asan"
         ;;
 *)
         echo "usage: $0 run|test" >&2

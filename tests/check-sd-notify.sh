@@ -1,14 +1,13 @@
 #!/bin/sh
-# The sd API under the real notify-listener (../shared/tools, python3): the
+# The sd API under the real notify-listener (tests/tools, python3): the
 # exact sequence of datagrams tests/sd-notify-helper sends, each with the
 # helper's pid as sender, on a path socket and on an abstract one.  In a build
 # without libsystemd, nothing may be sent.
-# The tools directory is $AIOTOOLS_SHARED_TOOLS (default: ../shared/tools next
-# to the source tree).  Missing tools skip the test (77), except under CI=true.
+# The tools directory is $AIOTOOLS_SHARED_TOOLS (default: tests/tools).  Missing tools skip the test (77), except under CI=true.
 set -u
 src="${top_srcdir:-.}"
 bld="${top_builddir:-.}"
-tools="${AIOTOOLS_SHARED_TOOLS:-$src/../shared/tools}"
+tools="${AIOTOOLS_SHARED_TOOLS:-$src/tests/tools}"
 nl="$tools/notify-listener"
 helper="$bld/tests/sd-notify-helper"
 

@@ -4,12 +4,12 @@
 #
 # Environment: top_srcdir, top_builddir (set by `make check`), CI (true: a
 # missing tool fails instead of skipping), AIOTOOLS_SHARED_TOOLS (the directory
-# of notify-listener and systemd-sandbox; default ../shared/tools next to the
-# source tree).
+# of notify-listener and systemd-sandbox; default tests/tools, where copies of
+# the shared tools live).
 set -u
 src=$(cd "${top_srcdir:-.}" && pwd)
 bld=$(cd "${top_builddir:-.}" && pwd)
-tools="${AIOTOOLS_SHARED_TOOLS:-$src/../shared/tools}"
+tools="${AIOTOOLS_SHARED_TOOLS:-$src/tests/tools}"
 SERVE="$bld/daemon/aiotools-serve"
 HELLO="$bld/examples/.libs/http-hello.so"
 PROOFMOD="$bld/tests/.libs/proofmod.so"

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The real aiotools-serve under the real notify-listener (../shared/tools):
+# The real aiotools-serve under the real notify-listener (tests/tools):
 #  1. http-hello, 3 workers: the exact notify sequence STATUS=starting, READY
 #     (only after every worker is ready), RELOADING ... READY around SIGHUP,
 #     STATUS on SIGTTIN/SIGTTOU, STOPPING on SIGTERM; WATCHDOG=1 at

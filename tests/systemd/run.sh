@@ -1,6 +1,6 @@
 #!/bin/bash
 # aiotools-serve under REAL systemd 252 booted as PID 1 in fresh namespaces
-# (../shared/tools/systemd-sandbox), driven through the unit this build
+# (tests/tools/systemd-sandbox), driven through the unit this build
 # generates from contrib/aiotools-serve@.service.in (Type=notify,
 # ExecReload=kill -HUP, KillMode=mixed, WatchdogSec=, hardening) and the
 # shipped contrib/aiotools-serve@.socket.  `make check-systemd`; needs root.

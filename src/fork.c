@@ -379,9 +379,33 @@ static void wait_ready(int fd)
         (void)AIOT_RETRY_EINTR(read(fd, &b, 1));
 }
 
+/* The parent's side of the fork: tracks the new child by a pidfd (always
+ * close-on-exec) or hands it to the loop's SIGCHLD reaper.  Runs with every
+ * signal blocked and, on the pidfd path, pidfd_lock held, so that a fork in
+ * another thread sees c either on the list with its pidfd or not at all.  On
+ * failure c is on no list. */
+static int track_child(aiot_child *c, pid_t pid, bool use_pidfd)
+{
+        if (!use_pidfd) {
+                list_add(&c->reaper->tracked, c);
+                return 0;
+        }
+        c->pidfd = (int)syscall(__NR_pidfd_open, pid, 0);
+        if (c->pidfd < 0) {
+                /* ESRCH: something else in the process (a waitpid(-1) in
+                 * another thread) reaped it already, and its PID may be reused:
+                 * not ours to kill.  Reported as lost. */
+                if (errno != ESRCH)
+                        return -errno;
+                c->lost = true;
+        }
+        list_add(&pidfd_children, c);
+        return 0;
+}
+
 static int fork_tracked(aiot_child *c, bool use_pidfd, aiot_child_fn fn, void *arg)
 {
-        int ready[2], r = 0;
+        int ready[2], r;
         sigset_t all, old;
         pid_t pid;
 
@@ -395,31 +419,12 @@ static int fork_tracked(aiot_child *c, bool use_pidfd, aiot_child_fn fn, void *a
         pid = fork();
         if (pid == 0)
                 child_run(ready[0], ready[1], fn, arg);
-        if (pid < 0)
-                r = -errno;
-        else if (use_pidfd) {
-                /* A pidfd is always close-on-exec. */
-                c->pidfd = (int)syscall(__NR_pidfd_open, pid, 0);
-                /* ESRCH: something else in the process (a waitpid(-1) in
-                 * another thread) reaped it already, and its PID may be reused:
-                 * not ours to kill.  Reported as lost. */
-                if (c->pidfd < 0 && errno == ESRCH)
-                        c->lost = true;
-                else if (c->pidfd < 0)
-                        r = -errno;
-                list_add(&pidfd_children, c);
-        } else
-                list_add(&c->reaper->tracked, c);
+        r = pid < 0 ? -errno : track_child(c, pid, use_pidfd);
         if (use_pidfd)
                 pthread_mutex_unlock(&pidfd_lock);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         close(ready[1]);
         if (pid > 0 && r < 0) {
-                if (use_pidfd) {
-                        pthread_mutex_lock(&pidfd_lock);
-                        list_remove(c);
-                        pthread_mutex_unlock(&pidfd_lock);
-                }
                 /* Still our unreaped child, so its PID cannot have been reused. */
                 kill(pid, SIGKILL);
                 (void)AIOT_RETRY_EINTR(waitpid(pid, NULL, 0));

@@ -18,6 +18,9 @@
 #include "task-internal.h"
 
 #define EV_RW (EV_READ | EV_WRITE)
+/* The public direction bits are libev's: a mask of them passes to libev as is. */
+_Static_assert(AIOT_READ == EV_READ, "AIOT_READ must equal EV_READ");
+_Static_assert(AIOT_WRITE == EV_WRITE, "AIOT_WRITE must equal EV_WRITE");
 /* A direction that is ready while nobody waits for it is reported by libev on every
  * iteration (epoll is level-triggered); after this many reports it is dropped.  Not 1:
  * a task alternating between reading and writing one socket would pay two epoll_ctl
@@ -228,9 +231,7 @@ static int fd_wait(aiot_task *t, int fd, int events)
         r = aiot__check();
         if (r < 0)
                 return r;
-        fdw_set(st->ev, f,
-                (f->io.events & EV_RW) | ((events & AIOT_READ) ? EV_READ : 0) |
-                        ((events & AIOT_WRITE) ? EV_WRITE : 0));
+        fdw_set(st->ev, f, (f->io.events & EV_RW) | events);
         if (events & AIOT_READ)
                 f->reader = t;
         if (events & AIOT_WRITE)
@@ -239,7 +240,7 @@ static int fd_wait(aiot_task *t, int fd, int events)
         /* Running again: the grace of a wake is over.  Look the watcher up again,
          * as aiot_fd_forget() may have freed f meanwhile. */
         if ((size_t)fd < st->nfds && st->fds[fd])
-                st->fds[fd]->grace &= ~(((events & AIOT_READ) ? EV_READ : 0) | ((events & AIOT_WRITE) ? EV_WRITE : 0));
+                st->fds[fd]->grace &= ~events;
         return r;
 }
 

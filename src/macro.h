@@ -4,6 +4,7 @@
 #define AIOT_MACRO_H
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -60,6 +61,25 @@ static inline void aiot__freep(void *p)
                 (fd) = -1;                                                                                   \
                 _taken;                                                                                      \
         })
+
+/* Writes v as 0x followed by lowercase hex digits to buf (at most 2 + 16
+ * bytes, no NUL) and returns the length.  Async-signal-safe: the stack
+ * overflow report is built with it inside the SIGSEGV handler. */
+static inline size_t aiot__fmt_hex(char *buf, uintptr_t v)
+{
+        char tmp[2 * sizeof(v)];
+        size_t n = 0, i = 0;
+
+        do {
+                tmp[n++] = "0123456789abcdef"[v & 15];
+                v >>= 4;
+        } while (v);
+        buf[i++] = '0';
+        buf[i++] = 'x';
+        while (n)
+                buf[i++] = tmp[--n];
+        return i;
+}
 
 /* Retries a system call interrupted by a signal. */
 #define AIOT_RETRY_EINTR(expr)                                                                               \

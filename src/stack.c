@@ -149,22 +149,6 @@ static int in_guard(uintptr_t a)
         return 0;
 }
 
-static size_t fmt_hex(char *buf, uintptr_t v)
-{
-        char tmp[2 * sizeof(v)];
-        size_t n = 0, i = 0;
-
-        do {
-                tmp[n++] = "0123456789abcdef"[v & 15];
-                v >>= 4;
-        } while (v);
-        buf[i++] = '0';
-        buf[i++] = 'x';
-        while (n)
-                buf[i++] = tmp[--n];
-        return i;
-}
-
 static void on_fault(int sig, siginfo_t *si, void *uc)
 {
         uintptr_t a = (uintptr_t)si->si_addr;
@@ -185,7 +169,7 @@ static void on_fault(int sig, siginfo_t *si, void *uc)
                 n += nl;
                 memcpy(buf + n, " (fault at ", 11);
                 n += 11;
-                n += fmt_hex(buf + n, a);
+                n += aiot__fmt_hex(buf + n, a);
                 memcpy(buf + n, ")\n", 2);
                 n += 2;
                 (void)!write(STDERR_FILENO, buf, n);

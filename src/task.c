@@ -232,6 +232,17 @@ static void heap_down(struct heap_ent *h, size_t n, size_t i)
         heap_place(h, i, e);
 }
 
+/* Restores the heap order after the entry at i changed: it moves up or down. */
+static inline void heap_fix(aiot_loop *l, size_t i)
+{
+        struct heap_ent *h = l->heap;
+
+        if (i > 1 && ent_less(&h[i], &h[i / 2]))
+                heap_up(h, i);
+        else
+                heap_down(h, l->heap_n, i);
+}
+
 static void heap_remove(aiot_loop *l, size_t i)
 {
         struct heap_ent *h = l->heap;
@@ -240,10 +251,7 @@ static void heap_remove(aiot_loop *l, size_t i)
         if (i != l->heap_n) {
                 h[i] = h[l->heap_n--];
                 h[i].tm->idx = i;
-                if (i > 1 && ent_less(&h[i], &h[i / 2]))
-                        heap_up(h, i);
-                else
-                        heap_down(h, l->heap_n, i);
+                heap_fix(l, i);
         } else {
                 l->heap_n--;
         }
@@ -273,10 +281,7 @@ static void timer_arm_owned(aiot_loop *l, aiot__timer *tm, uint64_t at, aiot_tas
 
                 l->heap[i].at = at;
                 l->heap[i].seq = tm->seq;
-                if (i > 1 && ent_less(&l->heap[i], &l->heap[i / 2]))
-                        heap_up(l->heap, i);
-                else
-                        heap_down(l->heap, l->heap_n, i);
+                heap_fix(l, i);
                 return;
         }
         if (l->heap_n == l->heap_cap)
@@ -374,27 +379,36 @@ static inline int direct_ok(aiot_loop *l)
         return !poll_due_slow(l);
 }
 
-/* Switches away from self, which the caller has parked or queued.  Returns when
- * the scheduler resumes it.  Inlined, like the park and wait paths above it:
- * after a switch every return address the CPU predicted belongs to the other
- * task, so each call level between the user's call and the switch costs a
- * mispredicted return. */
+/* The switch path is inlined, like the park and wait paths above it: after a
+ * switch every return address the CPU predicted belongs to the other task, so
+ * each call level between the user's call and the switch costs a mispredicted
+ * return. */
 #define AIOT_INLINE static inline __attribute__((always_inline))
 
+/* Makes next the running task and returns the context to switch to. */
+AIOT_INLINE aiot__ctx *run_next(aiot_loop *l, aiot_task *next)
+{
+        next->state = AIOT__T_RUNNING;
+        l->current = next;
+        return &next->ctx;
+}
+
+/* Where a task that stops running switches to: the next runnable task, or the
+ * scheduler when none is or when it is time to poll. */
+AIOT_INLINE aiot__ctx *switch_target(aiot_loop *l)
+{
+        if (l->rq_head && direct_ok(l))
+                return run_next(l, rq_pop(l));
+        l->current = NULL;
+        return &l->sched;
+}
+
+/* Switches away from self, which the caller has parked.  Returns when the
+ * scheduler resumes it.  A parked task is not in the run queue, so the next
+ * task is never self. */
 AIOT_INLINE void task_suspend(aiot_loop *l, aiot_task *self)
 {
-        if (l->rq_head && direct_ok(l)) {
-                aiot_task *next = rq_pop(l);
-
-                next->state = AIOT__T_RUNNING;
-                if (next == self)
-                        return;
-                l->current = next;
-                aiot__ctx_switch(&self->ctx, &next->ctx);
-        } else {
-                l->current = NULL;
-                aiot__ctx_switch(&self->ctx, &l->sched);
-        }
+        aiot__ctx_switch(&self->ctx, switch_target(l));
         reap_zombie(l);
 }
 
@@ -455,9 +469,7 @@ static void scheduler(aiot_loop *l)
                 next = rq_pop(l);
                 if (!next)
                         continue;
-                next->state = AIOT__T_RUNNING;
-                l->current = next;
-                aiot__ctx_switch(&l->sched, &next->ctx);
+                aiot__ctx_switch(&l->sched, run_next(l, next));
                 l->current = NULL;
         }
 }
@@ -605,7 +617,6 @@ static __attribute__((noinline)) void task_cleanup(aiot_task *t)
 static void task_finish(aiot_task *t, int rc)
 {
         aiot_loop *l = t->loop;
-        aiot_task *next;
 
         t->result = rc;
         t->shield++;
@@ -627,12 +638,11 @@ static void task_finish(aiot_task *t, int rc)
         if (!t->has_handle && !t->joiner && !t->is_root)
                 task_release(t);
 
-        /* Nothing below may touch t: it may be reused by the next spawn. */
+        /* Nothing below may touch t: it may be reused by the next spawn.  Not
+         * switch_target(): with one final switch per target a spawn + join
+         * measured ~1 ns faster than with a single switch on a selected one. */
         if (l->rq_head && direct_ok(l)) {
-                next = rq_pop(l);
-                next->state = AIOT__T_RUNNING;
-                l->current = next;
-                aiot__ctx_switch_final(&l->dead, &next->ctx);
+                aiot__ctx_switch_final(&l->dead, run_next(l, rq_pop(l)));
         } else {
                 l->current = NULL;
                 aiot__ctx_switch_final(&l->dead, &l->sched);
@@ -776,10 +786,8 @@ int aiot_yield(void)
                         l->rq_head = t;
                 l->rq_tail = t;
                 /* Both stay "active" (READY and RUNNING are not told apart
-                 * anywhere): no state to write. */
-                next->state = AIOT__T_RUNNING;
-                l->current = next;
-                aiot__ctx_switch(&t->ctx, &next->ctx);
+                 * anywhere): no state to write for t. */
+                aiot__ctx_switch(&t->ctx, run_next(l, next));
                 reap_zombie(l);
                 return 0;
         }
@@ -1120,23 +1128,6 @@ int aiot_defer(void (*fn)(void *arg), void *arg)
  * report: its address and its function's. */
 static __thread char namer_buf[64] __attribute__((tls_model("initial-exec")));
 
-static char *put_hex(char *p, uintptr_t v)
-{
-        static const char digits[] = "0123456789abcdef";
-        char tmp[2 * sizeof(v)];
-        int n = 0;
-
-        *p++ = '0';
-        *p++ = 'x';
-        do {
-                tmp[n++] = digits[v & 15];
-                v >>= 4;
-        } while (v);
-        while (n)
-                *p++ = tmp[--n];
-        return p;
-}
-
 static const char *overflow_namer(void)
 {
         aiot_loop *l = tls_loop;
@@ -1145,9 +1136,10 @@ static const char *overflow_namer(void)
 
         if (!t)
                 return NULL;
-        p = put_hex(p, (uintptr_t)t);
+        p += aiot__fmt_hex(p, (uintptr_t)t);
         memcpy(p, " (fn ", 5);
-        p = put_hex(p + 5, (uintptr_t)t->fn);
+        p += 5;
+        p += aiot__fmt_hex(p, (uintptr_t)t->fn);
         *p++ = ')';
         *p = '\0';
         return namer_buf;

@@ -33,7 +33,7 @@ mkdir -p "$builddir/tests"
 # branch protection (BTI landing pads, PAC in the C code around the switch).
 for flags in "-O2" "-O1 -mbranch-protection=standard"; do
         # shellcheck disable=SC2086 # flags is a word list
-        if ! "$cc" -static $flags -Wall -Wextra -Werror -I"$srcdir/src" -o "$out" \
+        if ! "$cc" -static $flags -Wall -Wextra -Werror -I"$srcdir/src" -I"$srcdir/tests" -o "$out" \
                 "$srcdir/tests/ctx-standalone.c" "$srcdir/src/ctx.c" "$srcdir/src/arch/switch-aarch64.S" -lm; then
                 echo "check-aarch64: cross build failed ($flags)" >&2
                 exit 1

@@ -19,19 +19,6 @@
 #include "aiotools/task.h"
 #include "testutil.h"
 
-/* Runs fn as the root task of a fresh loop and returns its result. */
-static int run_loop(aiot_task_fn fn, void *arg, int virtual_clock)
-{
-        struct aiot_loop_opts opts = { .size = sizeof(opts), .virtual_clock = virtual_clock };
-        aiot_loop *loop = NULL;
-        int rc;
-
-        ck_assert_int_eq(aiot_loop_new(&loop, &opts), 0);
-        rc = aiot_loop_run(loop, fn, arg);
-        aiot_loop_free(loop);
-        return rc;
-}
-
 static void make_pair(int sv[2])
 {
         ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
@@ -145,7 +132,7 @@ START_TEST(test_echo_many)
         static struct echo_pair pairs[ECHO_PAIRS];
         int fds = testutil_count_fds();
 
-        ck_assert_int_eq(run_loop(echo_main, pairs, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(echo_main, pairs, 0), 0);
         for (size_t i = 0; i < ECHO_PAIRS; i++) {
                 ck_assert_int_eq(pairs[i].writer_rc, 0);
                 ck_assert_int_eq(pairs[i].server_rc, 0);
@@ -224,7 +211,7 @@ static int cancel_main(void *arg)
 
 START_TEST(test_cancel_parked_read)
 {
-        ck_assert_int_eq(run_loop(cancel_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(cancel_main, NULL, 0), 0);
 }
 END_TEST
 
@@ -253,7 +240,7 @@ static int cancelled_self_main(void *arg)
 
 START_TEST(test_cancelled_task_does_not_read)
 {
-        ck_assert_int_eq(run_loop(cancelled_self_main, NULL, 0), -ECANCELED);
+        ck_assert_int_eq(testutil_run_loop(cancelled_self_main, NULL, 0), -ECANCELED);
 }
 END_TEST
 
@@ -304,7 +291,7 @@ START_TEST(test_read_deadline)
 {
         int virtual_clock = _i;
 
-        ck_assert_int_eq(run_loop(deadline_main, &virtual_clock, virtual_clock), 0);
+        ck_assert_int_eq(testutil_run_loop(deadline_main, &virtual_clock, virtual_clock), 0);
 }
 END_TEST
 
@@ -416,7 +403,7 @@ START_TEST(test_accept_many)
         struct acceptor a = { 0 };
         int fds = testutil_count_fds();
 
-        ck_assert_int_eq(run_loop(accept_main, &a, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(accept_main, &a, 0), 0);
         ck_assert_int_eq(a.served, ACCEPT_CONNS);
         ck_assert_int_eq(a.client_ok, ACCEPT_CONNS);
         ck_assert_int_eq(a.bad_flags, 0);
@@ -445,7 +432,7 @@ static int refused_main(void *arg)
 
 START_TEST(test_connect_refused)
 {
-        ck_assert_int_eq(run_loop(refused_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(refused_main, NULL, 0), 0);
 }
 END_TEST
 
@@ -508,7 +495,7 @@ static int close_main(void *arg)
 
 START_TEST(test_close_and_reuse)
 {
-        ck_assert_int_eq(run_loop(close_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(close_main, NULL, 0), 0);
 }
 END_TEST
 
@@ -545,7 +532,7 @@ static int nospin_main(void *arg)
 
 START_TEST(test_idle_direction_no_spin)
 {
-        ck_assert_int_eq(run_loop(nospin_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(nospin_main, NULL, 0), 0);
 }
 END_TEST
 
@@ -585,7 +572,7 @@ START_TEST(test_errors)
 {
         aiot_child *c = NULL;
 
-        ck_assert_int_eq(run_loop(errors_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(errors_main, NULL, 0), 0);
         /* Outside a task nothing can park. */
         ck_assert_int_eq(aiot_wait_fd(0, AIOT_READ), -EPERM);
         ck_assert_int_eq(aiot_task_fork(exit_zero, NULL, &c), -EPERM);
@@ -672,7 +659,7 @@ START_TEST(test_child_wait)
         /* Under tests/nopidfd the SIGCHLD fallback must be what is tested. */
         if (mode && strcmp(mode, "sigchld") == 0)
                 ck_assert_int_eq(aiot_fork_mode(), AIOT_FORK_SIGCHLD);
-        ck_assert_int_eq(run_loop(child_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(child_main, NULL, 0), 0);
         ck_assert_int_eq(testutil_count_zombies(), 0);
 }
 END_TEST
@@ -697,7 +684,7 @@ static int child_deadline_main(void *arg)
 
 START_TEST(test_child_wait_deadline)
 {
-        ck_assert_int_eq(run_loop(child_deadline_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(child_deadline_main, NULL, 0), 0);
         ck_assert_int_eq(testutil_count_zombies(), 0);
 }
 END_TEST
@@ -766,7 +753,7 @@ static int task_fork_main(void *arg)
 
 START_TEST(test_task_fork_child_has_no_loop)
 {
-        ck_assert_int_eq(run_loop(task_fork_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(task_fork_main, NULL, 0), 0);
         ck_assert_int_eq(testutil_count_zombies(), 0);
 }
 END_TEST
@@ -815,7 +802,7 @@ START_TEST(test_loop_freed_with_running_child)
                 setenv("AIOTOOLS_NO_PIDFD", "1", 1);
         ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
         d.gate = p[0];
-        ck_assert_int_eq(run_loop(detach_main, &d, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(detach_main, &d, 0), 0);
         ck_assert_ptr_nonnull(d.c);
         ck_assert_int_eq(aiot_child_status(d.c, &status), -EAGAIN);
         /* The loop goes while the child runs; then the child exits (SIGCHLD). */
@@ -823,7 +810,7 @@ START_TEST(test_loop_freed_with_running_child)
         ck_assert_int_eq(write(p[1], "x", 1), 1);
         ck_assert_int_eq(waitid(P_PID, (id_t)aiot_child_pid(d.c), &si, WEXITED | WNOWAIT), 0);
         /* The next fork reaps it; its status is kept in the handle. */
-        ck_assert_int_eq(run_loop(fork_again_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(fork_again_main, NULL, 0), 0);
         ck_assert_int_eq(aiot_child_status(d.c, &status), 0);
         ck_assert_int_eq(status, 6);
         ck_assert_int_eq(testutil_count_zombies(), 0);
@@ -850,7 +837,7 @@ START_TEST(test_wait_fd_impossible_fd)
 {
         /* (A table for INT32_MAX fds would take 16 GiB: -ENOMEM at best.  The
          * kernel caps RLIMIT_NOFILE at 2^30, so INT32_MAX is always beyond.) */
-        ck_assert_int_eq(run_loop(huge_fd_main, NULL, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(huge_fd_main, NULL, 0), 0);
 }
 END_TEST
 

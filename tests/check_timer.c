@@ -13,18 +13,6 @@
 #include "aiotools/timer.h"
 #include "testutil.h"
 
-static int run_loop(aiot_task_fn fn, void *arg, int virtual_clock)
-{
-        struct aiot_loop_opts opts = { .size = sizeof(opts), .virtual_clock = virtual_clock };
-        aiot_loop *loop = NULL;
-        int rc;
-
-        ck_assert_int_eq(aiot_loop_new(&loop, &opts), 0);
-        rc = aiot_loop_run(loop, fn, arg);
-        aiot_loop_free(loop);
-        return rc;
-}
-
 #define MAX_TICKS 64
 
 struct ticks {
@@ -106,7 +94,7 @@ START_TEST(test_ten_ticks)
 {
         struct ticks k = { .interval = 0.25 };
 
-        ck_assert_int_eq(run_loop(ten_ticks_main, &k, 1), 0);
+        ck_assert_int_eq(testutil_run_loop(ten_ticks_main, &k, 1), 0);
         /* Ticks at 0, 1, ..., 9 intervals: exactly 10 in the 10 intervals [0, 10). */
         ck_assert_int_eq(k.started, 10);
         ck_assert_int_eq(k.finished, 10);
@@ -123,7 +111,7 @@ START_TEST(test_failing_tick)
 
         /* Failed ticks are logged by the scope's default handler; keep the log quiet. */
         aiot_log_set_level(AIOT_LOG_ERR - 1);
-        ck_assert_int_eq(run_loop(ten_ticks_main, &k, 1), 0);
+        ck_assert_int_eq(testutil_run_loop(ten_ticks_main, &k, 1), 0);
         aiot_log_set_level(level);
         ck_assert_int_eq(k.started, 10);
         ck_assert_int_eq(k.finished, 5);
@@ -156,7 +144,7 @@ START_TEST(test_default_piles_up)
 {
         struct ticks k = { .interval = 1.0, .work = 100.0 };
 
-        ck_assert_int_eq(run_loop(pileup_main, &k, 1), 0);
+        ck_assert_int_eq(testutil_run_loop(pileup_main, &k, 1), 0);
         ck_assert_int_eq(k.started, 6);
         ck_assert_int_eq(k.finished, 0);
 }
@@ -188,7 +176,7 @@ START_TEST(test_cancel_policy)
 {
         struct ticks k = { .interval = 2.0, .work = 100.0 };
 
-        ck_assert_int_eq(run_loop(cancel_policy_main, &k, 1), 0);
+        ck_assert_int_eq(testutil_run_loop(cancel_policy_main, &k, 1), 0);
         ck_assert_int_eq(k.finished, 0);
 }
 END_TEST
@@ -198,7 +186,7 @@ START_TEST(test_cancel_policy_fast_ticks)
 {
         struct ticks k = { .interval = 1.0, .work = 0.5, .policy = AIOT_TIMER_CANCEL };
 
-        ck_assert_int_eq(run_loop(ten_ticks_main, &k, 1), 0);
+        ck_assert_int_eq(testutil_run_loop(ten_ticks_main, &k, 1), 0);
         ck_assert_int_eq(k.started, 10);
         ck_assert_int_eq(k.finished, 10);
         ck_assert_int_eq(k.cancelled, 0);
@@ -229,7 +217,7 @@ START_TEST(test_stuck_tick)
 {
         struct ticks k = { .interval = 1.0, .policy = (enum aiot_timer_policy)_i };
 
-        ck_assert_int_eq(run_loop(stuck_main, &k, 1), 0);
+        ck_assert_int_eq(testutil_run_loop(stuck_main, &k, 1), 0);
         ck_assert_int_eq(k.started, 3);
         ck_assert_int_eq(k.cancelled, 3);
 }
@@ -272,7 +260,7 @@ START_TEST(test_real_clock)
 {
         struct real r = { 0 };
 
-        ck_assert_int_eq(run_loop(real_main, &r, 0), 0);
+        ck_assert_int_eq(testutil_run_loop(real_main, &r, 0), 0);
         ck_assert_int_ge(r.n, 3);
 }
 END_TEST
@@ -306,7 +294,7 @@ static int century_main(void *arg)
 
 START_TEST(test_century_period_saturates)
 {
-        ck_assert_int_eq(run_loop(century_main, NULL, 1), 0);
+        ck_assert_int_eq(testutil_run_loop(century_main, NULL, 1), 0);
 }
 END_TEST
 
@@ -339,7 +327,7 @@ static int invalid_main(void *arg)
 
 START_TEST(test_invalid)
 {
-        ck_assert_int_eq(run_loop(invalid_main, NULL, 1), 0);
+        ck_assert_int_eq(testutil_run_loop(invalid_main, NULL, 1), 0);
 }
 END_TEST
 

@@ -11,6 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "aiotools/task.h"
+
 /* Runs a suite and returns the process exit status; prints Check's summary. */
 static inline int testutil_run(Suite *s)
 {
@@ -21,6 +23,20 @@ static inline int testutil_run(Suite *s)
         failed = srunner_ntests_failed(sr);
         srunner_free(sr);
         return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* Runs fn as the root task of a fresh loop (on the virtual clock if asked) and
+ * returns its result. */
+static inline int testutil_run_loop(aiot_task_fn fn, void *arg, int virtual_clock)
+{
+        struct aiot_loop_opts opts = {.size = sizeof(opts), .virtual_clock = virtual_clock};
+        aiot_loop *loop = NULL;
+        int rc;
+
+        ck_assert_int_eq(aiot_loop_new(&loop, &opts), 0);
+        rc = aiot_loop_run(loop, fn, arg);
+        aiot_loop_free(loop);
+        return rc;
 }
 
 /* Number of children of this process that are zombies (state Z). */

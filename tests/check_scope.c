@@ -14,16 +14,10 @@
 
 #include "testutil.h"
 
+/* Every scope test runs on the virtual clock. */
 static int run(aiot_task_fn main, void *arg)
 {
-        struct aiot_loop_opts o = { .size = sizeof(o), .virtual_clock = 1 };
-        aiot_loop *l = NULL;
-        int r;
-
-        ck_assert_int_eq(aiot_loop_new(&l, &o), 0);
-        r = aiot_loop_run(l, main, arg);
-        aiot_loop_free(l);
-        return r;
+        return testutil_run_loop(main, arg, 1);
 }
 
 /* What a child did, filled in by the child. */

@@ -26,20 +26,8 @@ static double wall(void)
         return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Runs main(arg) on a fresh loop (virtual clock or not), frees the loop, returns
- * main's result. */
-static int run(aiot_task_fn main, void *arg, int virtual_clock)
-{
-        struct aiot_loop_opts o = { .size = sizeof(o), .virtual_clock = virtual_clock };
-        aiot_loop *l = NULL;
-        int r;
-
-        ck_assert_int_eq(aiot_loop_new(&l, &o), 0);
-        ck_assert_ptr_nonnull(aiot_loop_ev(l));
-        r = aiot_loop_run(l, main, arg);
-        aiot_loop_free(l);
-        return r;
-}
+/* run(main, arg, virtual_clock): main's result on a fresh loop. */
+#define run testutil_run_loop
 
 #define aiot__container_of_cb(w) ((struct from_cb *)(w)->data)
 

@@ -419,6 +419,20 @@ static void tw_cb(struct ev_loop *ev, ev_timer *w, int revents)
         /* Only wakes ev_run(); expired entries fire in poll(). */
 }
 
+/* Blocks in libev until a watcher fires.  When libev watches nothing, no task
+ * is runnable and no timer is armed, every task waits for something that can
+ * never happen (a deadlock): sleep in the kernel rather than spin, until a
+ * signal ends the process. */
+static void block_in_libev(aiot_loop *l)
+{
+        if (ev_run(l->ev, EVRUN_ONCE) || l->rq_head || l->heap_n)
+                return;
+        ev_timer_set(&l->tw, 3600.0, 0.0);
+        ev_timer_start(l->ev, &l->tw);
+        ev_run(l->ev, EVRUN_ONCE);
+        ev_timer_stop(l->ev, &l->tw);
+}
+
 /* Polls libev and fires expired timers; blocks only when nothing is runnable. */
 static void poll_once(aiot_loop *l)
 {
@@ -436,7 +450,7 @@ static void poll_once(aiot_loop *l)
                                 l->vnow = l->heap[1].at;
                         timers_fire(l, l->vnow);
                 } else {
-                        ev_run(l->ev, EVRUN_ONCE);
+                        block_in_libev(l);
                 }
                 return;
         }
@@ -452,7 +466,7 @@ static void poll_once(aiot_loop *l)
                 ev_timer_set(&l->tw, at > now ? (double)(at - now) / 1e9 : 0.0, 0.0);
                 ev_timer_start(l->ev, &l->tw);
         }
-        ev_run(l->ev, EVRUN_ONCE);
+        block_in_libev(l);
         ev_timer_stop(l->ev, &l->tw);
         timers_fire(l, mono_ns());
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include <ev.h>
@@ -1574,6 +1575,38 @@ START_TEST(test_fresh_loop_in_forked_child)
 }
 END_TEST
 
+/* Every task waits for an event nobody will set and libev watches nothing: the
+ * loop must sleep, not spin (it cannot return: the root task has not ended). */
+static int wait_unset_event(void *arg)
+{
+        aiot_event *ev = NULL;
+
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        return aiot_event_wait(ev);
+}
+
+START_TEST(test_deadlock_sleeps_without_spinning)
+{
+        for (int virtual_clock = 0; virtual_clock <= 1; virtual_clock++) {
+                struct rusage ru;
+                pid_t pid = fork();
+                int st;
+
+                ck_assert_int_ge(pid, 0);
+                if (pid == 0)
+                        _exit(run(wait_unset_event, NULL, virtual_clock));
+                usleep(300 * 1000);
+                ck_assert_int_eq(kill(pid, SIGKILL), 0);
+                ck_assert_int_eq(wait4(pid, &st, 0, &ru), pid);
+                ck_assert(WIFSIGNALED(st)); /* still waiting, as it must */
+                /* A spinning loop burns ~0.3 s of CPU here; a sleeping one next to none. */
+                ck_assert_int_lt(ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec + ru.ru_stime.tv_sec * 1000000 +
+                                         ru.ru_stime.tv_usec,
+                                 100000);
+        }
+}
+END_TEST
+
 static Suite *task_suite(void)
 {
         Suite *s = suite_create("task");
@@ -1583,6 +1616,7 @@ static Suite *task_suite(void)
         tcase_add_test(tc, test_loop_run_returns_result);
         tcase_add_test(tc, test_loop_run_nested_is_busy);
         tcase_add_test(tc, test_fresh_loop_in_forked_child);
+        tcase_add_test(tc, test_deadlock_sleeps_without_spinning);
         tcase_add_test(tc, test_spawn_join);
         tcase_add_test(tc, test_join_of_ended_task_with_joiner_is_busy);
         tcase_add_test(tc, test_return_inside_deadline_with_scope_open);

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <aiotools.h>
 
@@ -35,6 +37,18 @@ static int serve_conn(void *arg)
         return 0;
 }
 
+/* At the stop: the connections already in the accept queue are served too,
+ * rather than reset when the listening socket closes. */
+static int take_queued(struct acceptor *a)
+{
+        int fd;
+
+        while ((fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
+                if (aiot_spawn(a->conns, serve_conn, (void *)(intptr_t)fd, NULL) < 0)
+                        close(fd);
+        return 0;
+}
+
 static int accept_loop(void *arg)
 {
         struct acceptor *a = arg;
@@ -43,7 +57,7 @@ static int accept_loop(void *arg)
                 int fd = aiot_accept(a->lfd, NULL, NULL);
 
                 if (fd == -ECANCELED || fd == -ETIMEDOUT)
-                        return 0;
+                        return take_queued(a);
                 if (fd < 0) {
                         /* Out of fds or memory: back off instead of spinning. */
                         if (aiot_sleep(0.1) < 0)
@@ -88,6 +102,7 @@ static int echo_worker(aiot_worker *w)
         for (size_t i = 0; i < n; i++)
                 if (acc[i].task)
                         aiot_cancel_and_wait(acc[i].task);
+        aiot_worker_close_listeners(w);
         aiot_scope_close(conns);
         free(acc);
         return r;

@@ -33,6 +33,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <aiotools.h>
 
@@ -267,6 +268,18 @@ struct acceptor {
         aiot_task *task;
 };
 
+/* At the stop: the connections already in the accept queue are served too,
+ * rather than reset when the listening socket closes. */
+static int take_queued(struct acceptor *a)
+{
+        int fd;
+
+        while ((fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
+                if (aiot_spawn(a->conns, serve_conn, (void *)(intptr_t)fd, NULL) < 0)
+                        close(fd);
+        return 0;
+}
+
 static int accept_loop(void *arg)
 {
         struct acceptor *a = arg;
@@ -275,7 +288,7 @@ static int accept_loop(void *arg)
                 int fd = aiot_accept(a->lfd, NULL, NULL);
 
                 if (fd == -ECANCELED || fd == -ETIMEDOUT)
-                        return 0;
+                        return take_queued(a);
                 if (fd < 0) {
                         if (aiot_sleep(0.05) < 0)
                                 return 0;
@@ -343,6 +356,7 @@ static int hello_worker(aiot_worker *w)
         for (size_t i = 0; i < n; i++)
                 if (acc[i].task)
                         aiot_cancel_and_wait(acc[i].task);
+        aiot_worker_close_listeners(w);
         if (r == 0)
                 drain(w);
         aiot_scope_cancel(conns);

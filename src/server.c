@@ -52,6 +52,7 @@
 #include <ev.h>
 
 #include "aiotools/fork.h"
+#include "aiotools/io.h"
 #include "aiotools/listen.h"
 #include "aiotools/log.h"
 #include "aiotools/scope.h"
@@ -666,6 +667,26 @@ aiot_scope *aiot_worker_scope(aiot_worker *w)
         return w ? w->scope : NULL;
 }
 
+int aiot_worker_close_listeners(aiot_worker *w)
+{
+        aiot_listener *view;
+
+        aiot__return_if(!w, -EINVAL);
+        aiot__return_if(w->kind == AIOT_MAIN, -EPERM);
+        /* The view is this process's own copy (copy-on-write after fork). */
+        view = (aiot_listener *)w->listeners;
+        for (size_t i = 0; i < w->n_listeners; i++) {
+                if (view[i].fd < 0)
+                        continue;
+                /* aiot_close: an acceptor still parked on it wakes with -EBADF. */
+                (void)aiot_close(view[i].fd);
+                view[i].fd = -1;
+                if (w->owned && w->owned[i])
+                        w->owned[i]->fd = -1;
+        }
+        return 0;
+}
+
 size_t aiot_worker_listeners(const aiot_worker *w, const aiot_listener **ret)
 {
         if (!w) {
@@ -930,6 +951,19 @@ static void server_fail(struct server *srv)
         server_stop(srv, graceful_signal(srv), false);
 }
 
+/* At the final stop nobody will accept again: the supervisor drops its copies
+ * of the listening sockets, so that once the workers have closed theirs
+ * (aiot_worker_close_listeners) the kernel refuses new connections instead of
+ * queueing them for nobody and resetting them at exit.  Socket files are
+ * still removed at exit. */
+static void drop_listener_copies(struct server *srv)
+{
+        for (size_t i = 0; i < srv->n_listeners; i++) {
+                srv->listeners[i]->fd = aiot__close(srv->listeners[i]->fd);
+                srv->lview[i].fd = -1;
+        }
+}
+
 /* Relays signo to every process.  A failure is not a stop signal: the main
  * context's aiot_worker_wait_stop() then returns 0. */
 static void server_stop(struct server *srv, int signo, bool by_signal)
@@ -946,6 +980,7 @@ static void server_stop(struct server *srv, int signo, bool by_signal)
                 else
                         snprintf(status, sizeof(status), "stopping (failure)");
                 (void)aiot_sd_notify_stopping(status);
+                drop_listener_copies(srv);
         }
         for (size_t i = 0; i < srv->n_slots; i++)
                 slot_transition(srv->slots[i], SE_STOP, signo);

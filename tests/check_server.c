@@ -339,6 +339,19 @@ static int tcp_connect(int port)
         return fd;
 }
 
+/* The errno of a connect to 127.0.0.1:port (0 when it succeeds). */
+static int connect_errno(int port)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), e;
+
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ck_assert_int_ge(fd, 0);
+        e = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : errno;
+        close(fd);
+        return e;
+}
+
 /* Reads until EOF into buf (NUL-terminated). */
 static void read_all(int fd, char *buf, size_t len)
 {
@@ -732,6 +745,14 @@ START_TEST(test_echo_graceful_stop)
         ck_assert_int_eq(read(fd, back, sizeof(back)), 4);
         ck_assert_int_eq(memcmp(back, "two\n", 4), 0);
         ck_assert(!s.exited && waitpid(s.pid, NULL, WNOHANG) == 0);
+        /* ... while a new connection is refused: no process holds the listening
+         * socket any more, so nothing is queued for nobody and reset at exit. */
+        t0 = now();
+        while (connect_errno(port) != ECONNREFUSED && now() - t0 < T_LONG)
+                usleep(10 * 1000);
+        ck_assert_int_eq(connect_errno(port), ECONNREFUSED);
+        ck_assert_int_eq(write(fd, "three\n", 6), 6);
+        ck_assert_int_eq(read(fd, back, sizeof(back)), 6);
         /* ... and the server is gone soon after the client closes, long before the timeout. */
         t0 = now();
         close(fd);

@@ -134,6 +134,7 @@ static int api_ok(aiot_worker *w)
                aiot_worker_loop(NULL) == NULL && aiot_worker_scope(NULL) == NULL && aiot_worker_data(NULL) == NULL &&
                aiot_worker_listeners(NULL, &ls) == 0 && ls == NULL &&
                aiot_worker_wait_stop(NULL) == -EINVAL && aiot_worker_set_data(w, NULL) == -EPERM &&
+               aiot_worker_close_listeners(NULL) == -EINVAL &&
                aiot_worker_set_data(NULL, NULL) == -EINVAL && aiot_worker_argv(w)[aiot_worker_argc(w)] == NULL &&
                (kind == AIOT_WORKER || aiot_worker_listeners(w, NULL) == 0);
 }
@@ -326,7 +327,8 @@ static int test_main(aiot_worker *m)
         event(&o, "main-teardown", m, sig);
         event(&o, "api-late", m,
               aiot_worker_set_data(m, NULL) == -EALREADY && aiot_worker_recycle(m) == -EPERM &&
-                      aiot_worker_generation(m) == 0 && aiot_worker_on_signal(m, SIGUSR1, NULL, NULL) == -EPERM);
+                      aiot_worker_generation(m) == 0 && aiot_worker_on_signal(m, SIGUSR1, NULL, NULL) == -EPERM &&
+                      aiot_worker_close_listeners(m) == -EPERM);
         free(data);
         return 0;
 }

@@ -66,6 +66,14 @@ aiot_scope *aiot_worker_scope(aiot_worker *w);
  * extra processes see none.  The array and the sockets belong to the server. */
 size_t aiot_worker_listeners(const aiot_worker *w, const aiot_listener **ret);
 
+/* Closes this process's copies of its listening sockets (their fds read -1
+ * afterwards).  A worker calls it when it stops accepting, after taking the
+ * connections already queued: once every process has closed its copy (the
+ * supervisor drops its own at the final stop, not at a reload) new connections
+ * are refused instead of being queued for nobody and reset.  Returns 0,
+ * -EINVAL for NULL, -EPERM in the main context. */
+int aiot_worker_close_listeners(aiot_worker *w);
+
 /* What the main context set with aiot_worker_set_data() (NULL if nothing). */
 void *aiot_worker_data(const aiot_worker *w);
 

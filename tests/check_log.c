@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* log: levels, prefixes, journal priorities and one write per line. */
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,17 @@ static char *capture(void (*emit)(void))
         return out;
 }
 
+/* A program's own variadic wrapper, the reason aiot_logv exists. */
+static void my_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void my_warn(const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        aiot_logv(AIOT_LOG_WARNING, fmt, ap);
+        va_end(ap);
+}
+
 static void emit_levels(void)
 {
         aiot_log_set_level(AIOT_LOG_NOTICE);
@@ -39,6 +51,7 @@ static void emit_levels(void)
         aiot_log(AIOT_LOG_NOTICE, "notice %s", "two");
         aiot_log(AIOT_LOG_INFO, "dropped info");
         aiot_log(AIOT_LOG_DEBUG, "dropped debug");
+        my_warn("via %s %d", "logv", 3);
 }
 
 START_TEST(test_levels_filter)
@@ -48,6 +61,7 @@ START_TEST(test_levels_filter)
         ck_assert_ptr_nonnull(strstr(out, "err: bad 1\n"));
         ck_assert_ptr_nonnull(strstr(out, "notice: notice two\n"));
         ck_assert_ptr_null(strstr(out, "dropped"));
+        ck_assert_ptr_nonnull(strstr(out, "warning: via logv 3\n"));
         ck_assert_int_eq(aiot_log_get_level(), AIOT_LOG_NOTICE);
 }
 END_TEST

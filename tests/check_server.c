@@ -327,6 +327,21 @@ static void srv_cleanup(struct srv *s)
         (void)!system(cmd);
 }
 
+/* Every test ends here: no process of the server may outlive it. */
+static void srv_finish(struct srv *s)
+{
+        ck_assert(no_children_within(1.0));
+        srv_cleanup(s);
+}
+
+/* The common ending: SIGTERM, a clean exit 0, nothing left behind. */
+static void srv_stop_clean(struct srv *s)
+{
+        kill(s->pid, SIGTERM);
+        ck_assert_int_eq(srv_wait_exit(s, T_LONG), 0);
+        srv_finish(s);
+}
+
 static int tcp_connect(int port)
 {
         struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -489,8 +504,7 @@ START_TEST(test_setup_failure)
         ck_assert_msg(strstr(s.err, "worker 2 failed during setup: Cannot assign requested address"), "stderr:\n%s",
                       s.err);
         ck_assert_ptr_null(strstr(s.err, "notice: ready"));
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -505,8 +519,7 @@ START_TEST(test_main_setup_failure)
                       "stderr:\n%s", s.err);
         /* Nothing was forked. */
         ck_assert_int_eq(log_count(&s, "ready "), 0);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -522,8 +535,7 @@ START_TEST(test_stop_during_startup)
         ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
         ck_assert_ptr_null(strstr(s.err, "notice: ready"));
         ck_assert_ptr_null(strstr(s.err, "failed during setup"));
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -552,8 +564,7 @@ START_TEST(test_pidfile_and_user)
         kill(s.pid, SIGTERM);
         ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
         ck_assert_int_eq(access(pidfile, F_OK) < 0 && errno == ENOENT, 1);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -615,8 +626,7 @@ START_TEST(test_stop_timeout_kills)
         ck_assert_double_ge(now() - t0, 0.25);
         ck_assert_int_eq(count_in(s.err, "did not stop within 0.3 s; killing it"), 2);
         ck_assert_int_eq(log_count(&s, "stop w "), 2);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -672,10 +682,7 @@ START_TEST(test_worker_killed_respawns)
                 if (idx == 1)
                         ck_assert_int_eq(seen, fresh);
         }
-        kill(s.pid, SIGTERM);
-        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_stop_clean(&s);
 }
 END_TEST
 
@@ -690,8 +697,7 @@ START_TEST(test_crash_loop)
         /* Respawned with the same index: three incarnations of worker 1. */
         ck_assert_int_eq(log_count(&s, "ready w 1 "), 3);
         ck_assert_int_eq(log_count(&s, "ready w 0 "), 1);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -716,10 +722,7 @@ START_TEST(test_echo_1000_connections)
                 ck_assert_str_eq(back, msg);
                 close(fd);
         }
-        kill(s.pid, SIGTERM);
-        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_stop_clean(&s);
 }
 END_TEST
 
@@ -759,8 +762,7 @@ START_TEST(test_echo_graceful_stop)
         ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
         ck_assert_double_lt(now() - t0, 5.0);
         ck_assert_ptr_null(strstr(s.err, "did not stop"));
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -784,10 +786,7 @@ START_TEST(test_reuseport)
                 distinct += served[i] > 0;
         /* Each worker has its own accept queue; the kernel spreads connections. */
         ck_assert_int_ge(distinct, 2);
-        kill(s.pid, SIGTERM);
-        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_stop_clean(&s);
 }
 END_TEST
 
@@ -890,8 +889,7 @@ START_TEST(test_http_hello)
                 ck_assert_double_lt(now() - t0, 5.0);
                 close(idle);
         }
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -909,8 +907,7 @@ START_TEST(test_ticker)
         kill(s.pid, SIGTERM);
         ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
         ck_assert_ptr_nonnull(strstr(s.err, "main context: every process has exited (signal 15)"));
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
         /* A bad interval is a main-context setup failure. */
         srv_start(&s, (const char *[]){"-w", "1", "@TICKER", "--", "soon", NULL});
         ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 1);
@@ -937,8 +934,7 @@ START_TEST(test_standalone)
         kill(s.pid, SIGINT);
         ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
         ck_assert_int_eq(count_in(s.err, "stopping on signal 2"), 3);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -1252,10 +1248,7 @@ START_TEST(test_reload_generations)
                 ck_assert(seen == fresh[0] || seen == fresh[1]);
         }
         ck_assert_int_eq(log_count(&s, "ready e 0 "), 2);
-        kill(s.pid, SIGTERM);
-        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_stop_clean(&s);
 }
 END_TEST
 
@@ -1292,8 +1285,7 @@ START_TEST(test_scale_and_usr1)
         ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
         ck_assert_int_eq(log_count(&s, "stop w 0 "), 1);
         ck_assert_int_eq(log_value(&s, "api-late", "m", -1), 1);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -1326,10 +1318,7 @@ START_TEST(test_recycle)
         }
         ck_assert_int_eq(log_count(&s, "ready w 0 "), 2);
         ck_assert_int_eq(log_count(&s, "ready w 1 "), 1);
-        kill(s.pid, SIGTERM);
-        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_stop_clean(&s);
 }
 END_TEST
 
@@ -1358,10 +1347,7 @@ START_TEST(test_socket_activation)
         ck_assert_int_eq(ask_worker(srv_port(&s), NULL), 0);
         ck_assert_int_eq(log_count(&s, "lname web w 0"), 1);
         ck_assert_int_eq(log_count(&s, "lname 127.0.0.1:0 w 0"), 1);
-        kill(s.pid, SIGTERM);
-        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_stop_clean(&s);
 }
 END_TEST
 
@@ -1425,8 +1411,7 @@ START_TEST(test_titles_and_pidfile)
         kill(s.pid, SIGTERM);
         ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
         ck_assert_int_eq(access(pidfile, F_OK) < 0 && errno == ENOENT, 1);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_finish(&s);
 }
 END_TEST
 
@@ -1495,10 +1480,7 @@ START_TEST(test_http_drain_on_reload)
         /* The old worker is gone at once (not after the drain time); the new one serves. */
         ck_assert(srv_wait_err(&s, "worker 0 (pid ", 0, T_LONG));
         ck_assert_int_eq(count_in(http_str(port, "GET / HTTP/1.0\r\n\r\n"), "200 OK"), 1);
-        kill(s.pid, SIGTERM);
-        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
-        ck_assert(no_children_within(1.0));
-        srv_cleanup(&s);
+        srv_stop_clean(&s);
 }
 END_TEST
 

@@ -2,7 +2,9 @@
 # Quick start for a fresh Debian machine (run as root from a clone of the tree):
 #   contrib/quickstart.sh run    install what is missing, build, serve the echo example
 #   contrib/quickstart.sh test   install what is missing, build, run `make check`,
-#                                then the same again in an ASan+UBSan build
+#                                `make check-nopidfd` (the same under a no-pidfd
+#                                seccomp filter), then make check again in an
+#                                ASan+UBSan build
 # Builds live in ./build and ./build-asan so the source tree stays clean.
 set -eu
 
@@ -44,11 +46,12 @@ build() {
         make -j"$(nproc)"
 }
 
-# check DIR: runs make check there and prints every Check suite's summary.
+# check DIR [TARGET]: runs make TARGET (default check) there and prints every
+# Check suite's summary.
 check() {
         rc=0
         cd "$1"
-        make -j"$(nproc)" check || rc=$?
+        make -j"$(nproc)" "${2:-check}" || rc=$?
         echo "quickstart: results in $1"
         find tests -name '*.log' | sort | while read -r log; do
                 sed -n -E "s|^([0-9]+%: Checks: .*)|  ${log%.log}: \\1|p" "$log"
@@ -71,6 +74,8 @@ test)
         install_missing
         build "$build" --enable-werror
         check "$build"
+        # The whole suite again as on a kernel without pidfd (pre-5.3).
+        check "$build" check-nopidfd
         build "$top/build-asan" --enable-werror --enable-sanitizers
         check "$top/build-asan"
         ;;

@@ -30,18 +30,20 @@ fail=0
 run() { # $1: label, rest: notify-listener options
         label=$1
         shift
-        if ! python3 "$nl" --timeout 20 --watchdog-usec 400000 "$@" -- "$helper" > "$tmp/out" 2> "$tmp/err"; then
+        # The listener alone writes $tmp/out; the helper reports in $tmp/helper.
+        rm -f "$tmp/helper"
+        if ! python3 "$nl" --timeout 20 --watchdog-usec 400000 "$@" -- "$helper" "$tmp/helper" \
+                > "$tmp/out" 2> "$tmp/err"; then
                 echo "FAIL [$label]: helper or listener failed:"
-                cat "$tmp/out" "$tmp/err"
+                cat "$tmp/out" "$tmp/err" "$tmp/helper"
                 fail=1
                 return
         fi
-        pid=$(sed -n 's/^helper pid=\([0-9]*\) .*/\1/p' "$tmp/out")
-        wd=$(sed -n 's/^helper pid=[0-9]* watchdog_usec=\([0-9]*\)$/\1/p' "$tmp/out")
+        pid=$(sed -n 's/^helper pid=\([0-9]*\) .*/\1/p' "$tmp/helper")
+        wd=$(sed -n 's/^helper pid=[0-9]* watchdog_usec=\([0-9]*\)$/\1/p' "$tmp/helper")
         # Drop the timestamps, keep "pid=N MESSAGE"; blank MONOTONIC_USEC's value.
-        grep -v '^helper ' "$tmp/out" | cut -d' ' -f2- |
-                sed 's/MONOTONIC_USEC=[0-9][0-9]*/MONOTONIC_USEC=N/' > "$tmp/got"
-        if grep -q '^helper build=nosystemd$' "$tmp/out"; then
+        cut -d' ' -f2- "$tmp/out" | sed 's/MONOTONIC_USEC=[0-9][0-9]*/MONOTONIC_USEC=N/' > "$tmp/got"
+        if grep -q '^helper build=nosystemd$' "$tmp/helper"; then
                 # A build without libsystemd: every call is a no-op.
                 : > "$tmp/want"
                 wantwd=0
@@ -62,9 +64,9 @@ EOT
                 echo "FAIL [$label]: unexpected notify sequence; listener output:"
                 cat "$tmp/out"
                 fail=1
-        elif ! grep -q "^helper sent=$wantsent\$" "$tmp/out"; then
+        elif ! grep -q "^helper sent=$wantsent\$" "$tmp/helper"; then
                 echo "FAIL [$label]: want $wantsent calls to report 'sent'; helper said:"
-                grep '^helper ' "$tmp/out"
+                cat "$tmp/helper"
                 fail=1
         elif [ "$wd" != "$wantwd" ]; then
                 echo "FAIL [$label]: aiot_sd_watchdog_usec gave '$wd', want $wantwd"

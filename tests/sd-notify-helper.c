@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* Sends the supervisor's notify sequence with the public sd API, for
- * check-sd-notify.sh to record under the real notify-listener.  Prints one line
- * first, so that the script knows the sender pid and what to expect. */
+ * check-sd-notify.sh to record under the real notify-listener.
+ *
+ * sd-notify-helper REPORT: writes its own "helper ..." lines (the build, its pid,
+ * how many calls reported "sent") to the file REPORT, not to stdout, which it
+ * shares with the listener: two processes writing one file interleave, and a
+ * line of ours once landed inside one of the listener's. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,10 +13,21 @@
 
 #include <aiotools/sd.h>
 
-int main(void)
+int main(int argc, char **argv)
 {
         uint64_t usec = 0;
         int r, sent = 0;
+        FILE *report;
+
+        if (argc != 2) {
+                fprintf(stderr, "usage: sd-notify-helper REPORT-FILE\n");
+                return 2;
+        }
+        report = fopen(argv[1], "w");
+        if (!report) {
+                perror(argv[1]);
+                return 1;
+        }
 
         r = aiot_sd_watchdog_usec(&usec);
         if (r < 0) {
@@ -22,12 +37,11 @@ int main(void)
         /* Whether the library under test was built with libsystemd decides
          * what the script expects; the calls' results must not decide it. */
 #ifdef HAVE_SYSTEMD
-        printf("helper build=systemd\n");
+        fprintf(report, "helper build=systemd\n");
 #else
-        printf("helper build=nosystemd\n");
+        fprintf(report, "helper build=nosystemd\n");
 #endif
-        printf("helper pid=%ld watchdog_usec=%" PRIu64 "\n", (long)getpid(), r > 0 ? usec : 0);
-        fflush(stdout);
+        fprintf(report, "helper pid=%ld watchdog_usec=%" PRIu64 "\n", (long)getpid(), r > 0 ? usec : 0);
 
         /* The order the supervisor follows: ready, pings, a reload, a stop.
          * (One call per statement: the elements of an initializer list are
@@ -46,6 +60,6 @@ int main(void)
                 }
                 sent += results[i] > 0;
         }
-        printf("helper sent=%d\n", sent);
-        return 0;
+        fprintf(report, "helper sent=%d\n", sent);
+        return fclose(report) == 0 ? 0 : 1;
 }

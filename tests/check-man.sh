@@ -3,10 +3,8 @@
 # page that names it.
 set -u
 src="${top_srcdir:-.}"
-if ! command -v mandoc >/dev/null 2>&1; then
-        echo "FAIL: mandoc is not installed (Debian: apt-get install mandoc)"
-        exit 1
-fi
+. "$src/tests/need.sh"
+need mandoc mandoc
 fail=0
 for page in "$src"/man/*.[1-9]; do
         # A page that is only ".so other.3" is a link; lint its target instead.

@@ -11,16 +11,9 @@ tools="${AIOTOOLS_SHARED_TOOLS:-$src/tests/tools}"
 nl="$tools/notify-listener"
 helper="$bld/tests/sd-notify-helper"
 
-missing() {
-        if [ "${CI:-}" = true ]; then
-                echo "FAIL: $1 (CI=true: the tool must be present)"
-                exit 1
-        fi
-        echo "SKIP: $1"
-        exit 77
-}
-[ -f "$nl" ] || missing "notify-listener not found at $nl (set AIOTOOLS_SHARED_TOOLS)"
-command -v python3 >/dev/null 2>&1 || missing "python3 is not installed (needed by notify-listener)"
+. "$src/tests/need.sh"
+[ -f "$nl" ] || missing "notify-listener at $nl (set AIOTOOLS_SHARED_TOOLS)"
+need python3 python3
 [ -x "$helper" ] || { echo "FAIL: $helper not built"; exit 1; }
 
 tmp=$(mktemp -d) || exit 1

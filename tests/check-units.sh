@@ -12,14 +12,8 @@ in="$src/contrib/aiotools-serve@.service.in"
 socket="$src/contrib/aiotools-serve@.socket"
 gen="$bld/contrib/aiotools-serve@.service"
 
-if ! command -v systemd-analyze >/dev/null 2>&1; then
-        if [ "${CI:-}" = true ]; then
-                echo "FAIL: systemd-analyze is not installed (Debian: apt-get install systemd)"
-                exit 1
-        fi
-        echo "SKIP: systemd-analyze is not installed"
-        exit 77
-fi
+. "$src/tests/need.sh"
+need systemd-analyze systemd
 [ -x "$bld/daemon/aiotools-serve" ] || { echo "FAIL: $bld/daemon/aiotools-serve not built"; exit 1; }
 [ -f "$gen" ] || { echo "FAIL: $gen not generated"; exit 1; }
 

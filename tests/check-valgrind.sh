@@ -23,14 +23,8 @@ set -u
 : "${top_builddir:=.}"
 : "${top_srcdir:=.}"
 
-if ! command -v valgrind >/dev/null 2>&1; then
-        if [ "${CI:-}" = true ]; then
-                echo "check-valgrind: valgrind is not installed (required when CI=true)" >&2
-                exit 1
-        fi
-        echo "check-valgrind: SKIP: valgrind is not installed"
-        exit 77
-fi
+. "$top_srcdir/tests/need.sh"
+need valgrind valgrind
 if grep -q '^SAN_CFLAGS = .*-fsanitize=address' "$top_builddir/Makefile" 2>/dev/null; then
         echo "check-valgrind: SKIP: sanitizer build (ASan and valgrind do not mix)"
         exit 77

@@ -11,6 +11,8 @@ fi
 suite=${1%.nopidfd}
 suite=${suite%-nopidfd}
 builddir=${top_builddir:-.}
+# tests/nopidfd is built only when configure found libseccomp.
+[ -x "$builddir/tests/nopidfd" ] || { . "${top_srcdir:-.}/tests/need.sh"; missing "tests/nopidfd (configure found no libseccomp)" libseccomp-dev; }
 AIOTOOLS_EXPECT_FORK_MODE=sigchld
 export AIOTOOLS_EXPECT_FORK_MODE
 exec "$builddir/tests/nopidfd" "$suite"

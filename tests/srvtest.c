@@ -321,7 +321,7 @@ static int test_main(aiot_worker *m)
         aiot_worker_set_data(m, data);
         event(&o, "main-setup", m, *data);
         event(&o, "api", m,
-              aiot_worker_kind(m) == AIOT_MAIN && aiot_worker_index(m) == -1 && aiot_worker_loop(m) != NULL &&
+              aiot_worker_kind(m) == AIOT_MAIN && aiot_worker_index(m) == AIOT_INDEX_MAIN && aiot_worker_loop(m) != NULL &&
                       aiot_worker_data(m) == data);
         sig = aiot_worker_wait_stop(m);
         event(&o, "main-teardown", m, sig);

@@ -12,6 +12,8 @@
  *   failfile=PATH workers fail their setup (-EADDRNOTAVAIL) while PATH exists
  *   hang=I        worker I blocks its loop (a plain sleep()) 100 ms after it is
  *                 ready, once per log file (the respawned one does not)
+ *   noabort=1     the hanging worker (hang=I) ignores SIGABRT first, so that
+ *                 only SIGKILL ends it
  *   recycle=I     worker I calls aiot_worker_recycle() once it is ready, once
  *   usr1=1        workers log "usr1 w INDEX PID GEN" on each SIGUSR1
  * Workers also log "gen w INDEX PID GENERATION".
@@ -33,7 +35,7 @@
 
 struct opts {
         const char *log;
-        int data, fail, slow, crash, ignore, mainfail, hang, recycle, usr1;
+        int data, fail, slow, crash, ignore, mainfail, hang, noabort, recycle, usr1;
         const char *failfile;
 };
 
@@ -63,6 +65,8 @@ static struct opts parse_opts(aiot_worker *w)
                         o.failfile = a + 9;
                 else if (!strncmp(a, "hang=", 5))
                         o.hang = atoi(a + 5);
+                else if (!strncmp(a, "noabort=", 8))
+                        o.noabort = atoi(a + 8);
                 else if (!strncmp(a, "recycle=", 8))
                         o.recycle = atoi(a + 8);
                 else if (!strncmp(a, "usr1=", 5))
@@ -204,9 +208,14 @@ static int first_time(const struct opts *o, const char *tag, int index)
 
 static int hang_later(void *arg)
 {
-        (void)arg;
+        const struct opts *o = arg;
+
+        if (o->noabort)
+                signal(SIGABRT, SIG_IGN);
         if (aiot_sleep(0.1) == 0)
-                sleep(3600); /* blocks the whole loop, not just this task */
+                do
+                        sleep(3600); /* blocks the whole loop, not just this task */
+                while (o->noabort); /* a caught stop signal ends sleep() early */
         return 0;
 }
 
@@ -278,8 +287,12 @@ static int test_worker(aiot_worker *w)
                     aiot_worker_recycle(NULL) != -EINVAL || aiot_worker_generation(NULL) != -EINVAL)
                         event(&o, "api-signal-failed", w, 0);
         }
-        if (idx == o.hang && first_time(&o, "hang", idx))
-                aiot_spawn(aiot_worker_scope(w), hang_later, NULL, NULL);
+        if (idx == o.hang && first_time(&o, "hang", idx)) {
+                static struct opts hang_opts;
+
+                hang_opts = o;
+                aiot_spawn(aiot_worker_scope(w), hang_later, &hang_opts, NULL);
+        }
         event(&o, "ready", w, data_of(w));
         if (idx == o.recycle && first_time(&o, "recycle", idx))
                 event(&o, "recycle", w,

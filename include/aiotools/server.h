@@ -137,7 +137,8 @@ struct aiot_server_config {
         const char *user, *group;       /* workers and extra processes drop to these after binding */
         const char *pidfile;            /* written once listening, removed at exit */
         int no_pidfd;                   /* use the SIGCHLD fallback even where pidfd works */
-        double worker_timeout;          /* a worker loop stuck this long is aborted; 0: 30; < 0: never */
+        double worker_timeout;          /* a worker loop stuck this long is aborted (SIGABRT, then SIGKILL
+                                         * after half of it, at most 5 s); 0: 30; < 0: never */
         const char *proc_title;         /* "NAME": show "NAME: supervisor", "NAME: worker N" in ps by
                                            overwriting the argv area; NULL: leave it.  Only for a caller
                                            that no longer uses its argv strings. */

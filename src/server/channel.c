@@ -311,8 +311,11 @@ void notify(struct server *srv, int kind, const char *status)
                 ev_timer_again(srv->evl, &q->retry);
 }
 
+/* One last try for what is still queued (the final STOPPING=1, typically). */
 void notify_free(struct server *srv)
 {
+        if (notify_pending(&srv->notify))
+                notify_flush(srv);
         ev_timer_stop(srv->evl, &srv->notify.retry);
         for (int k = 0; k < AIOT__SD_KINDS; k++) {
                 free(srv->notify.msg[k]);

@@ -197,10 +197,6 @@ static int serve(int argc, char **argv)
         }
         if (cli.log_level >= 0)
                 aiot_log_set_level(cli.log_level);
-        /* Before anything forks: the fork module reads it once. */
-        if (cli.no_pidfd)
-                setenv("AIOTOOLS_NO_PIDFD", "1", 1);
-
         /* Syntax errors in addresses are reported before the module is even loaded. */
         if (check_binds(&cli) != 0)
                 return AIOT_EXIT_USAGE;

@@ -135,12 +135,20 @@ static bool kernel_has_pidfd(void)
         return v;
 }
 
+/* Set by aiot_server_run() from its configuration; inherited by children. */
+static _Atomic bool force_sigchld;
+
+void aiot__fork_force_sigchld(int on)
+{
+        atomic_store(&force_sigchld, on != 0);
+}
+
 int aiot_fork_mode(void)
 {
         const char *e = getenv("AIOTOOLS_NO_PIDFD");
 
         /* Read at every fork, not cached: a test can force either path in one process. */
-        if (e && *e && strcmp(e, "0") != 0)
+        if (atomic_load(&force_sigchld) || (e && *e && strcmp(e, "0") != 0))
                 return AIOT_FORK_SIGCHLD;
         return kernel_has_pidfd() ? AIOT_FORK_PIDFD : AIOT_FORK_SIGCHLD;
 }

@@ -1204,6 +1204,157 @@ START_TEST(test_worker_hang_watchdog)
 }
 END_TEST
 
+/* Issue 9 item 5: a SIGSTOPped worker cannot act on SIGABRT; it is still
+ * replaced within worker-timeout + 1 s. */
+START_TEST(test_stopped_worker_replaced)
+{
+        struct srv s;
+        const char *args[] = {"-w", "2", "--worker-timeout=1", "@MOD", "--", "@LOG", NULL};
+        pid_t old;
+        double t0;
+
+        srv_start(&s, args);
+        srv_ready(&s);
+        old = log_pid(&s, "ready", "w", 1);
+        ck_assert_int_gt(old, 0);
+        kill(old, SIGSTOP);
+        t0 = now();
+        while (log_count(&s, "ready w 1 ") < 2 && now() - t0 < T_LONG)
+                srv_pump(&s, 5);
+        ck_assert_msg(now() - t0 < 2.0, "replaced after %.2f s (worker-timeout 1 s); stderr:\n%s", now() - t0, s.err);
+        ck_assert_int_ne(log_pid(&s, "ready", "w", 1), old);
+        srv_stop_clean(&s);
+}
+END_TEST
+
+/* Issue 9 item 5: a stop that begins during a hung worker's abort grace keeps
+ * the grace's kill deadline instead of waiting the whole stop timeout. */
+START_TEST(test_stop_during_abort_grace)
+{
+        struct srv s;
+        const char *args[] = {"-w", "2", "--worker-timeout=1", "-t", "10", "@MOD", "--", "@LOG", "hang=1", "noabort=1",
+                              NULL};
+        double t0;
+
+        srv_start(&s, args);
+        srv_ready(&s);
+        ck_assert_msg(srv_wait_err(&s, "hung for ", 1, T_LONG), "stderr:\n%s", s.err);
+        kill(s.pid, SIGTERM);
+        t0 = now();
+        ck_assert_int_eq(srv_wait_exit(&s, 2 * T_LONG), 0);
+        ck_assert_msg(now() - t0 < 3.0, "stopped after %.2f s (stop timeout 10 s); stderr:\n%s", now() - t0, s.err);
+        ck_assert_msg(strstr(s.err, "did not abort within") && !strstr(s.err, "did not stop within"), "stderr:\n%s",
+                      s.err);
+        srv_finish(&s);
+}
+END_TEST
+
+/* The supervisor's children, from /proc (CONFIG_PROC_CHILDREN); false if unknown. */
+static bool children_of(pid_t pid, pid_t *kids, int *n, int cap)
+{
+        char path[64], *buf, *p, *end;
+
+        snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
+        if (access(path, R_OK) < 0)
+                return false;
+        buf = read_file(path);
+        *n = 0;
+        for (p = buf; *n < cap; p = end) {
+                long v = strtol(p, &end, 10);
+
+                if (end == p)
+                        break;
+                kids[(*n)++] = (pid_t)v;
+        }
+        return true;
+}
+
+/* Seconds from now until the supervisor has a child that is not in old[0..n). */
+static double until_new_child(struct srv *s, const pid_t *old, int n)
+{
+        double t0 = now();
+
+        while (now() - t0 < T_LONG) {
+                pid_t kids[64];
+                int k = 0;
+
+                ck_assert(children_of(s->pid, kids, &k, 64));
+                for (int i = 0; i < k; i++) {
+                        bool known = false;
+
+                        for (int j = 0; j < n; j++)
+                                known |= kids[i] == old[j];
+                        if (!known)
+                                return now() - t0;
+                }
+                usleep(200);
+        }
+        return T_LONG;
+}
+
+/* Issue 9 item 8: the first crash of a serving worker is answered at once;
+ * a second crash of the same index soon after waits the backoff. */
+START_TEST(test_first_crash_respawns_at_once)
+{
+        struct srv s;
+        const char *args[] = {"-w", "2", "@MOD", "--", "@LOG", NULL};
+        pid_t kids[64];
+        int n = 0;
+        double first, second;
+        char probe[64];
+
+        snprintf(probe, sizeof(probe), "/proc/%d/task/%d/children", (int)getpid(), (int)getpid());
+        if (access(probe, R_OK) < 0)
+                return; /* no CONFIG_PROC_CHILDREN: nothing to measure with */
+        srv_start(&s, args);
+        srv_ready(&s);
+        ck_assert(children_of(s.pid, kids, &n, 64));
+        kill(log_pid(&s, "ready", "w", 1), SIGKILL);
+        first = until_new_child(&s, kids, n);
+        ck_assert_msg(first < 0.05, "first respawn after %.3f s; stderr:\n%s", first, s.err);
+        ck_assert_msg(srv_wait_err(&s, "is ready again", 1, T_LONG), "stderr:\n%s", s.err);
+        ck_assert(children_of(s.pid, kids, &n, 64));
+        kill(log_pid(&s, "ready", "w", 1), SIGKILL);
+        second = until_new_child(&s, kids, n);
+        ck_assert_msg(second >= 0.09, "second respawn after %.3f s: no backoff; stderr:\n%s", second, s.err);
+        ck_assert(srv_wait_err(&s, "is ready again", 2, T_LONG));
+        srv_stop_clean(&s);
+}
+END_TEST
+
+/* Issue 9 item 6: a service manager that never drains its notify socket
+ * must not stall the supervisor: reloads go on, SIGTERM stops it. */
+START_TEST(test_notify_never_drained)
+{
+        struct notify nt;
+        struct srv s;
+        const char *args[] = {"-w", "1", "@MOD", "--", "@LOG", NULL};
+        int small = 1;
+        double t0;
+
+        if (!notify_open(&nt)) {
+                notify_close(&nt);
+                return;
+        }
+        (void)setsockopt(nt.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+        srv_start(&s, args);
+        srv_ready(&s);
+        for (int i = 1; i <= 20; i++) {
+                kill(s.pid, SIGHUP);
+                ck_assert_msg(srv_wait_err(&s, "ready, stopping generation", i, 5.0), "reload %d stalled; stderr:\n%s",
+                              i, s.err);
+        }
+        ck_assert_int_eq(count_in(s.err, "notify socket is full"), 1);
+        kill(s.pid, SIGTERM);
+        t0 = now();
+        ck_assert_int_eq(srv_wait_exit(&s, T_LONG), 0);
+        ck_assert_double_lt(now() - t0, 3.0);
+        ck_assert(no_children_within(1.0));
+        notify_close(&nt);
+        srv_cleanup(&s);
+}
+END_TEST
+
 /* SIGHUP: a new generation serves, the old one stops only after it; no
  * connection is refused meanwhile. */
 START_TEST(test_reload_generations)
@@ -1542,6 +1693,18 @@ static Suite *server_suite(void)
                 tcase_add_test(prod, test_unsafe_module_as_root);
                 tcase_add_test(prod, test_http_drain_on_reload);
                 suite_add_tcase(s, prod);
+        }
+        {
+                /* Issue 9 items 5, 6 and 8. */
+                TCase *reg = tcase_create("regressions");
+
+                tcase_add_checked_fixture(reg, setup, NULL);
+                tcase_set_timeout(reg, 40);
+                tcase_add_test(reg, test_stopped_worker_replaced);
+                tcase_add_test(reg, test_stop_during_abort_grace);
+                tcase_add_test(reg, test_first_crash_respawns_at_once);
+                tcase_add_test(reg, test_notify_never_drained);
+                suite_add_tcase(s, reg);
         }
         suite_add_tcase(s, life);
         suite_add_tcase(s, fail);

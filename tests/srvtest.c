@@ -12,6 +12,8 @@
  *   failfile=PATH workers fail their setup (-EADDRNOTAVAIL) while PATH exists
  *   hang=I        worker I blocks its loop (a plain sleep()) 100 ms after it is
  *                 ready, once per log file (the respawned one does not)
+ *   noabort=1     the hanging worker (hang=I) ignores SIGABRT first, so that
+ *                 only SIGKILL ends it
  *   recycle=I     worker I calls aiot_worker_recycle() once it is ready, once
  *   usr1=1        workers log "usr1 w INDEX PID GEN" on each SIGUSR1
  * Workers also log "gen w INDEX PID GENERATION".
@@ -33,7 +35,7 @@
 
 struct opts {
         const char *log;
-        int data, fail, slow, crash, ignore, mainfail, hang, recycle, usr1;
+        int data, fail, slow, crash, ignore, mainfail, hang, noabort, recycle, usr1;
         const char *failfile;
 };
 
@@ -63,6 +65,8 @@ static struct opts parse_opts(aiot_worker *w)
                         o.failfile = a + 9;
                 else if (!strncmp(a, "hang=", 5))
                         o.hang = atoi(a + 5);
+                else if (!strncmp(a, "noabort=", 8))
+                        o.noabort = atoi(a + 8);
                 else if (!strncmp(a, "recycle=", 8))
                         o.recycle = atoi(a + 8);
                 else if (!strncmp(a, "usr1=", 5))
@@ -79,7 +83,10 @@ static void event(const struct opts *o, const char *what, aiot_worker *w, int va
 
         if (!o->log)
                 return;
-        n = snprintf(line, sizeof(line), "%s %s %d %d %d\n", what, kind, aiot_worker_index(w), (int)getpid(), value);
+        /* The log names the main context's index -1, whatever the API says for it
+         * (AIOT_INDEX_MAIN, checked in api_ok()). */
+        n = snprintf(line, sizeof(line), "%s %s %d %d %d\n", what, kind,
+                     aiot_worker_kind(w) == AIOT_MAIN ? -1 : aiot_worker_index(w), (int)getpid(), value);
         /* O_APPEND and one write: lines of concurrent processes never mix. */
         fd = open(o->log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
         if (fd >= 0) {
@@ -201,9 +208,14 @@ static int first_time(const struct opts *o, const char *tag, int index)
 
 static int hang_later(void *arg)
 {
-        (void)arg;
+        const struct opts *o = arg;
+
+        if (o->noabort)
+                signal(SIGABRT, SIG_IGN);
         if (aiot_sleep(0.1) == 0)
-                sleep(3600); /* blocks the whole loop, not just this task */
+                do
+                        sleep(3600); /* blocks the whole loop, not just this task */
+                while (o->noabort); /* a caught stop signal ends sleep() early */
         return 0;
 }
 
@@ -275,8 +287,12 @@ static int test_worker(aiot_worker *w)
                     aiot_worker_recycle(NULL) != -EINVAL || aiot_worker_generation(NULL) != -EINVAL)
                         event(&o, "api-signal-failed", w, 0);
         }
-        if (idx == o.hang && first_time(&o, "hang", idx))
-                aiot_spawn(aiot_worker_scope(w), hang_later, NULL, NULL);
+        if (idx == o.hang && first_time(&o, "hang", idx)) {
+                static struct opts hang_opts;
+
+                hang_opts = o;
+                aiot_spawn(aiot_worker_scope(w), hang_later, &hang_opts, NULL);
+        }
         event(&o, "ready", w, data_of(w));
         if (idx == o.recycle && first_time(&o, "recycle", idx))
                 event(&o, "recycle", w,
@@ -321,8 +337,8 @@ static int test_main(aiot_worker *m)
         aiot_worker_set_data(m, data);
         event(&o, "main-setup", m, *data);
         event(&o, "api", m,
-              aiot_worker_kind(m) == AIOT_MAIN && aiot_worker_index(m) == -1 && aiot_worker_loop(m) != NULL &&
-                      aiot_worker_data(m) == data);
+              aiot_worker_kind(m) == AIOT_MAIN && aiot_worker_index(m) == AIOT_INDEX_MAIN &&
+                      aiot_worker_loop(m) != NULL && aiot_worker_data(m) == data);
         sig = aiot_worker_wait_stop(m);
         event(&o, "main-teardown", m, sig);
         event(&o, "api-late", m,

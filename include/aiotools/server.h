@@ -5,6 +5,7 @@
 #ifndef AIOTOOLS_SERVER_H
 #define AIOTOOLS_SERVER_H
 
+#include <limits.h>
 #include <stddef.h>
 
 #include <aiotools/listen.h>
@@ -46,8 +47,13 @@ typedef aiot_worker_fn aiot_main_fn;
  * -EALREADY when called a second time, -EPERM outside w's root task. */
 int aiot_worker_wait_stop(aiot_worker *w);
 
-/* The index: 0..N-1 for workers, 0..n_extra-1 for extra processes, -1 for the
- * main context; -EINVAL for NULL.  A respawned worker keeps its index. */
+/* aiot_worker_index() of the main context: not an index of any process, and
+ * not negative, so that it cannot be taken for an error. */
+#define AIOT_INDEX_MAIN INT_MAX
+
+/* The index: 0..N-1 for workers, 0..n_extra-1 for extra processes,
+ * AIOT_INDEX_MAIN for the main context; -EINVAL for NULL.  A respawned
+ * worker keeps its index. */
 int aiot_worker_index(const aiot_worker *w);
 
 /* AIOT_WORKER, AIOT_EXTRA or AIOT_MAIN; -EINVAL for NULL. */
@@ -131,7 +137,8 @@ struct aiot_server_config {
         const char *user, *group;       /* workers and extra processes drop to these after binding */
         const char *pidfile;            /* written once listening, removed at exit */
         int no_pidfd;                   /* use the SIGCHLD fallback even where pidfd works */
-        double worker_timeout;          /* a worker loop stuck this long is aborted; 0: 30; < 0: never */
+        double worker_timeout;          /* a worker loop stuck this long is aborted (SIGABRT, then SIGKILL
+                                         * after half of it, at most 5 s); 0: 30; < 0: never */
         const char *proc_title;         /* "NAME": show "NAME: supervisor", "NAME: worker N" in ps by
                                            overwriting the argv area; NULL: leave it.  Only for a caller
                                            that no longer uses its argv strings. */

@@ -15,7 +15,7 @@
 #include "aiotools/io.h"
 #include "fork-internal.h"
 #include "macro.h"
-#include "task-internal.h"
+#include "runtime/runtime.h"
 
 #define EV_RW (EV_READ | EV_WRITE)
 /* The public direction bits are libev's: a mask of them passes to libev as is. */
@@ -85,7 +85,7 @@ static void io_state_free(aiot_loop *l, void *data)
 
 static struct io_state *io_state(aiot_loop *l, int create)
 {
-        struct io_state *st = aiot__loop_slot_get(l, AIOT__SLOT_IO);
+        struct io_state *st = aiot__loop_ext_get(l, AIOT__EXT_IO);
 
         if (st || !create)
                 return st;
@@ -93,7 +93,7 @@ static struct io_state *io_state(aiot_loop *l, int create)
         if (!st)
                 return NULL;
         st->ev = aiot__loop_ev(l);
-        aiot__loop_slot_set(l, AIOT__SLOT_IO, st, io_state_free);
+        aiot__loop_ext_set(l, AIOT__EXT_IO, st, io_state_free);
         return st;
 }
 

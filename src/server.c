@@ -61,7 +61,7 @@
 #include "aiotools/task.h"
 #include "macro.h"
 #include "proctitle.h"
-#include "task-internal.h"
+#include "runtime/runtime.h"
 
 #define MAX_WORKERS 1024
 #define MAX_SIGNALS 16

@@ -461,13 +461,12 @@ struct task_child {
         void *arg;
 };
 
-/* The forked child starts outside any loop: the one it inherited is the
- * parent's, with the parent's tasks in it. */
+/* The forked child starts outside any loop: the runtime's atfork handler made
+ * it forget the parent's, which holds the parent's tasks. */
 static int task_child_main(void *p)
 {
         struct task_child *tc = p;
 
-        aiot__task_after_fork();
         return tc->fn(tc->arg);
 }
 

@@ -61,7 +61,6 @@
 #include "aiotools/task.h"
 #include "macro.h"
 #include "proctitle.h"
-#include "runtime/runtime.h"
 
 #define MAX_WORKERS 1024
 #define MAX_SIGNALS 16
@@ -543,9 +542,6 @@ static int child_main(void *arg)
          * that died before the prctl. */
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != srv->pid)
                 return 1;
-        /* Forked inside a callback of the supervisor's loop, which this
-         * process never runs: the task runtime forgets it. */
-        aiot__task_after_fork();
         child_prepare(srv, s);
         /* Here s->report_rd is the write end of this process's report pipe. */
         w.report_fd = s->report_rd;

@@ -2,7 +2,12 @@
 /* The loop: aiot_loop_new/free/run, the scheduler that runs on the thread's own
  * stack and polls libev and the timer heap, the monotonic and virtual clocks,
  * and the thread's current loop.  See runtime-private.h for how the scheduler
- * and the tasks hand the CPU to each other. */
+ * and the tasks hand the CPU to each other.
+ *
+ * A process forked while a loop runs on the forking thread never resumes that
+ * loop: an atfork handler, registered with the first aiot_loop_new(), makes the
+ * child forget it, so that aiot_current() and aiot_now() stop reporting it and a
+ * fresh loop may run. */
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
@@ -24,7 +29,6 @@
 #define RUNNING_ON_VALGRIND 0
 #endif
 
-#include "fork-internal.h"
 #include "runtime-private.h"
 
 /* Task structs kept for reuse per loop.  None under ASan or valgrind, so that
@@ -56,9 +60,19 @@ void aiot__loop_ext_set(aiot_loop *l, int ext, void *data, aiot__ext_destroy_fn 
         l->pub.ext[ext].destroy = destroy;
 }
 
-void aiot__task_after_fork(void)
+/* In the child of a fork: the loop the parent ran on this thread is not ours. */
+static void forget_loop_in_child(void)
 {
         aiot__tls_loop = NULL;
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void register_atfork(void)
+{
+        /* Fails only without memory; a child would then see the loop until
+         * aiot_loop_run() notices the pid changed (see there). */
+        (void)pthread_atfork(NULL, NULL, forget_loop_in_child);
 }
 
 /* ---------------------------------------------------------------- time */
@@ -215,6 +229,7 @@ int aiot_loop_new(aiot_loop **ret, const struct aiot_loop_opts *opts)
         aiot_loop *l;
 
         aiot__return_if(!ret, -EINVAL);
+        (void)pthread_once(&atfork_once, register_atfork);
         if (opts) {
                 aiot__return_if(opts->size < offsetof(struct aiot_loop_opts, virtual_clock) + sizeof(int), -EINVAL);
                 stack_size = opts->stack_size;
@@ -249,8 +264,6 @@ void aiot_loop_free(aiot_loop *l)
         if (!l)
                 return;
         assert(!l->running);
-        /* Children still running lose their watcher with the libev loop. */
-        aiot__fork_loop_gone(l->pub.ev);
         for (int i = 0; i < AIOT__NEXT; i++)
                 if (l->pub.ext[i].destroy)
                         l->pub.ext[i].destroy(l, l->pub.ext[i].data);
@@ -274,11 +287,12 @@ int aiot_loop_run(aiot_loop *l, aiot_task_fn main, void *arg)
 
         aiot__return_if(!l || !main, -EINVAL);
         /* A child forked while a loop ran (in a task or a libev callback)
-         * inherits that loop as current, but will never resume it: it may
-         * start a fresh one.  The inherited loop itself stays busy: its run
-         * queue and timers hold the parent's tasks. */
+         * never resumes that loop: it may start a fresh one.  The atfork
+         * handler has made it forget the loop; this covers a child made by a
+         * call that runs no atfork handlers (a raw clone).  The inherited loop
+         * itself stays busy: its run queue and timers hold the parent's tasks. */
         if (aiot__tls_loop && aiot__tls_loop->run_pid != getpid())
-                aiot__task_after_fork();
+                forget_loop_in_child();
         if (l->running || aiot__tls_loop)
                 return -EBUSY;
         r = aiot__task_new_raw(l, main, arg, 0, &root);

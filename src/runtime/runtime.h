@@ -120,11 +120,6 @@ static inline aiot_loop *aiot__loop_current(void)
         return aiot__tls_loop;
 }
 
-/* In a forked child: forget the loop the parent was running on this thread, so
- * that aiot_now()/aiot_current() stop reporting it (aiot_loop_run() does this
- * by itself when it sees the pid changed). */
-void aiot__task_after_fork(void);
-
 static inline aiot_task *aiot__task_current(void)
 {
         aiot_loop *l = aiot__tls_loop;

@@ -1,6 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* Forking children and tracking them: by pidfd where the kernel has it, else by a
- * SIGCHLD handler that wakes each loop to waitpid() exactly the PIDs it owns. */
+ * SIGCHLD handler that wakes each loop to waitpid() exactly the PIDs it owns.
+ *
+ * A loop may be destroyed while children it watches still run: each watched
+ * child has an ev_cleanup watcher, which libev runs inside ev_loop_destroy(),
+ * and which detaches that child from the loop (see child_loop_gone()).  So no
+ * module that owns a loop needs to tell this one that it goes. */
 #include "config.h"
 
 #include <errno.h>
@@ -44,6 +49,7 @@ struct aiot_child {
         int pidfd;   /* -1 on the SIGCHLD path, and once reaped */
         struct ev_loop *loop; /* watched there; NULL once detached (the loop went) */
         ev_io io;
+        ev_cleanup gone;       /* runs when loop is destroyed while c is watched */
         struct reaper *reaper; /* SIGCHLD path only */
         aiot_child_exit_cb on_exit;
         void *userdata;
@@ -74,7 +80,7 @@ static struct child_list pidfd_children;
 static pthread_mutex_t pidfd_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* SIGCHLD-path children whose loop was destroyed while they ran (see
- * aiot__fork_loop_gone()); pidfd-path ones stay in pidfd_children. */
+ * child_loop_gone()); pidfd-path ones stay in pidfd_children. */
 static struct child_list detached;
 
 static struct sigaction sigchld_prev;
@@ -209,6 +215,7 @@ static void pidfd_cb(struct ev_loop *loop, ev_io *w, int revents)
         c->status = r < 0 ? AIOT_CHILD_LOST : status_from_siginfo(&si);
         c->exited = true;
         ev_io_stop(loop, w);
+        ev_cleanup_stop(loop, &c->gone);
         pidfd_close(c);
         child_finish(c);
         reap_detached();
@@ -222,11 +229,13 @@ static void lost_cb(struct ev_loop *loop, ev_io *w, int revents)
 
         c->status = AIOT_CHILD_LOST;
         c->exited = true;
+        ev_cleanup_stop(loop, &c->gone);
         pidfd_close(c);
         child_finish(c);
 }
 
 static void reaper_cb(struct ev_loop *loop, ev_async *w, int revents);
+static void child_loop_gone(struct ev_loop *loop, ev_cleanup *w, int revents);
 
 /* Returns loop's reaper, waking it up if it was idle; NULL when out of memory. */
 static struct reaper *reaper_get(struct ev_loop *loop)
@@ -290,6 +299,8 @@ static void reaper_cb(struct ev_loop *loop, ev_async *w, int revents)
                         continue;
                 c->status = p < 0 ? AIOT_CHILD_LOST : status_from_wait(st);
                 c->exited = true;
+                /* Now: a callback below may free c before its turn. */
+                ev_cleanup_stop(loop, &c->gone);
                 list_remove(c);
                 list_add(&done, c);
         }
@@ -491,6 +502,9 @@ int aiot_fork(struct ev_loop *loop, aiot_child_fn fn, void *arg, aiot_child_exit
                 ev_io_init(&c->io, pidfd_cb, c->pidfd, EV_READ);
                 ev_io_start(loop, &c->io);
         }
+        /* A cleanup watcher does not keep the loop alive (libev unrefs it). */
+        ev_cleanup_init(&c->gone, child_loop_gone);
+        ev_cleanup_start(loop, &c->gone);
         *ret = c;
         return 0;
 }
@@ -617,31 +631,30 @@ static void reap_detached(void)
         reap_list(&pidfd_children, true);
 }
 
-void aiot__fork_loop_gone(struct ev_loop *loop)
+/* libev destroys the loop that watches c (ev_loop_destroy() runs the cleanup
+ * watchers first, before any other pending watcher of the same priority): c is
+ * detached.  Its exit callback never runs; it is still reaped (and freed, if its
+ * handle was freed) when the process next forks or sees a watched child end. */
+static void child_loop_gone(struct ev_loop *loop, ev_cleanup *w, int revents)
 {
-        struct reaper *r;
-        aiot_child *c;
+        aiot_child *c = aiot__container_of(w, aiot_child, gone);
+        struct reaper *r = c->reaper;
 
-        pthread_mutex_lock(&pidfd_lock);
-        for (c = pidfd_children.head; c; c = c->next)
-                if (c->loop == loop && c->owner == getpid()) {
-                        ev_clear_pending(loop, &c->io);
-                        ev_io_stop(loop, &c->io);
-                        c->loop = NULL;
-                }
-        pthread_mutex_unlock(&pidfd_lock);
-        pthread_mutex_lock(&reapers_lock);
-        for (r = atomic_load(&reapers); r; r = r->next)
-                if (r->owner == loop)
-                        break;
-        pthread_mutex_unlock(&reapers_lock);
-        if (r) {
-                while ((c = r->tracked.head)) {
-                        list_remove(c);
-                        c->loop = NULL;
-                        c->reaper = NULL;
-                        list_add(&detached, c);
-                }
+        ev_cleanup_stop(loop, w);
+        /* A copy inherited through fork(): the lists are reset in the child. */
+        if (c->owner != getpid())
+                return;
+        if (!r) {
+                pthread_mutex_lock(&pidfd_lock);
+                ev_clear_pending(loop, &c->io);
+                ev_io_stop(loop, &c->io);
+                c->loop = NULL;
+                pthread_mutex_unlock(&pidfd_lock);
+        } else {
+                list_remove(c);
+                c->loop = NULL;
+                c->reaper = NULL;
+                list_add(&detached, c);
                 /* The handler stops sending to the loop before it goes. */
                 reaper_put_if_idle(r);
         }

@@ -15,7 +15,7 @@
 #include "aiotools/io.h"
 #include "fork-internal.h"
 #include "macro.h"
-#include "task-internal.h"
+#include "runtime/runtime.h"
 
 #define EV_RW (EV_READ | EV_WRITE)
 /* The public direction bits are libev's: a mask of them passes to libev as is. */
@@ -83,18 +83,26 @@ static void io_state_free(aiot_loop *l, void *data)
         free(st);
 }
 
-static struct io_state *io_state(aiot_loop *l, int create)
+static __attribute__((noinline)) struct io_state *io_state_create(aiot_loop *l)
 {
-        struct io_state *st = aiot__loop_slot_get(l, AIOT__SLOT_IO);
+        struct io_state *st = calloc(1, sizeof(*st));
 
-        if (st || !create)
-                return st;
-        st = calloc(1, sizeof(*st));
         if (!st)
                 return NULL;
         st->ev = aiot__loop_ev(l);
-        aiot__loop_slot_set(l, AIOT__SLOT_IO, st, io_state_free);
+        aiot__loop_ext_set(l, AIOT__EXT_IO, st, io_state_free);
         return st;
+}
+
+/* The loop's table, created on first use when create is set.  Inline: every
+ * wait looks it up (task -> loop -> extension, three loads). */
+static inline struct io_state *io_state(aiot_loop *l, int create)
+{
+        struct io_state *st = aiot__loop_ext_get(l, AIOT__EXT_IO);
+
+        if (st || !create)
+                return st;
+        return io_state_create(l);
 }
 
 /* ------------------------------------------------------------ fd watchers */
@@ -212,7 +220,11 @@ static void fdw_unpark(aiot_task *t, void *arg)
                 f->writer = NULL;
 }
 
-/* Parks the current task t until fd is ready for events (AIOT_READ | AIOT_WRITE). */
+/* Parks the current task t until fd is ready for events (AIOT_READ | AIOT_WRITE).
+ * Relies on the cancellation check its caller has just made (io_enter(), or
+ * io_recheck() before a later wait of the same call), with no switch since:
+ * so park never returns early with this task still in a slot, and each wait
+ * checks once. */
 static int fd_wait(aiot_task *t, int fd, int events)
 {
         struct io_state *st = io_state(aiot__task_loop(t), 1);
@@ -226,17 +238,12 @@ static int fd_wait(aiot_task *t, int fd, int events)
                 return r;
         if (((events & AIOT_READ) && f->reader) || ((events & AIOT_WRITE) && f->writer))
                 return -EBUSY;
-        /* Check before registering, so that park never returns early with this
-         * task still in a slot. */
-        r = aiot__check();
-        if (r < 0)
-                return r;
         fdw_set(st->ev, f, (f->io.events & EV_RW) | events);
         if (events & AIOT_READ)
                 f->reader = t;
         if (events & AIOT_WRITE)
                 f->writer = t;
-        r = aiot__park(fdw_unpark, f);
+        r = aiot__park_checked(fdw_unpark, f);
         /* Running again: the grace of a wake is over.  Look the watcher up again,
          * as aiot_fd_forget() may have freed f meanwhile. */
         if ((size_t)fd < st->nfds && st->fds[fd])
@@ -244,13 +251,22 @@ static int fd_wait(aiot_task *t, int fd, int events)
         return r;
 }
 
-/* The common entry check of the blocking calls. */
-static int io_enter(aiot_task **t)
+/* The common entry check of the blocking calls: a cancelled task does no I/O,
+ * even when data is ready.  It is also the check the call's first wait relies on. */
+static inline int io_enter(aiot_task **t)
 {
         *t = aiot__task_current();
         if (!*t)
                 return -EPERM;
-        return aiot__check();
+        return aiot__task_check(*t);
+}
+
+/* The check of a wait after the first of one call: a cancellation delivered
+ * after the wake that ended the previous wait found the task runnable, not
+ * parked, and interrupted nothing.  waits counts the call's waits so far. */
+static inline int io_recheck(aiot_task *t, unsigned *waits)
+{
+        return (*waits)++ ? aiot__task_check(t) : 0;
 }
 
 int aiot_wait_fd(int fd, int events)
@@ -267,6 +283,7 @@ int aiot_wait_fd(int fd, int events)
 
 ssize_t aiot_read(int fd, void *buf, size_t n)
 {
+        unsigned waits = 0;
         aiot_task *t;
         int r;
 
@@ -283,7 +300,9 @@ ssize_t aiot_read(int fd, void *buf, size_t n)
                         continue;
                 if (errno != EAGAIN && errno != EWOULDBLOCK)
                         return -errno;
-                r = fd_wait(t, fd, AIOT_READ);
+                r = io_recheck(t, &waits);
+                if (r == 0)
+                        r = fd_wait(t, fd, AIOT_READ);
                 if (r < 0)
                         return r;
         }
@@ -294,6 +313,7 @@ ssize_t aiot_write_all(int fd, const void *buf, size_t n)
         const char *p = buf;
         size_t done = 0;
         int sock = 1;
+        unsigned waits = 0;
         aiot_task *t;
         int r;
 
@@ -316,7 +336,9 @@ ssize_t aiot_write_all(int fd, const void *buf, size_t n)
                         continue;
                 if (errno != EAGAIN && errno != EWOULDBLOCK)
                         return -errno;
-                r = fd_wait(t, fd, AIOT_WRITE);
+                r = io_recheck(t, &waits);
+                if (r == 0)
+                        r = fd_wait(t, fd, AIOT_WRITE);
                 if (r < 0)
                         return r;
         }
@@ -344,6 +366,7 @@ static int accept_transient(int e)
 
 int aiot_accept(int lfd, struct sockaddr *sa, socklen_t *len)
 {
+        unsigned waits = 0;
         aiot_task *t;
         int r;
 
@@ -360,7 +383,9 @@ int aiot_accept(int lfd, struct sockaddr *sa, socklen_t *len)
                         continue;
                 if (errno != EAGAIN && errno != EWOULDBLOCK)
                         return -errno;
-                r = fd_wait(t, lfd, AIOT_READ);
+                r = io_recheck(t, &waits);
+                if (r == 0)
+                        r = fd_wait(t, lfd, AIOT_READ);
                 if (r < 0)
                         return r;
         }
@@ -461,13 +486,12 @@ struct task_child {
         void *arg;
 };
 
-/* The forked child starts outside any loop: the one it inherited is the
- * parent's, with the parent's tasks in it. */
+/* The forked child starts outside any loop: the runtime's atfork handler made
+ * it forget the parent's, which holds the parent's tasks. */
 static int task_child_main(void *p)
 {
         struct task_child *tc = p;
 
-        aiot__task_after_fork();
         return tc->fn(tc->arg);
 }
 
@@ -530,7 +554,8 @@ int aiot_child_wait(aiot_child *c, int *status)
         w.task = t;
         w.next = rec->waiters;
         rec->waiters = &w;
-        r = aiot__park(child_unpark, &w);
+        /* io_enter() checked, and nothing switched since. */
+        r = aiot__park_checked(child_unpark, &w);
         if (r < 0)
                 return r;
         if (status)

@@ -8,7 +8,7 @@
 
 #include "aiotools/timer.h"
 #include "macro.h"
-#include "task-internal.h"
+#include "runtime/runtime.h"
 
 struct timer {
         aiot_tick_fn fn;

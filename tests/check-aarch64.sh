@@ -1,7 +1,7 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # The aarch64 context switch, tested where no aarch64 machine is at hand:
-# cross-builds tests/ctx-standalone.c with src/arch/switch-aarch64.S as a static
+# cross-builds tests/ctx-standalone.c with src/runtime/arch/switch-aarch64.S as a static
 # binary and runs it under qemu-user.
 #
 # Needs Debian's gcc-aarch64-linux-gnu and qemu-user.  Without them the test is
@@ -34,7 +34,7 @@ mkdir -p "$builddir/tests"
 for flags in "-O2" "-O1 -mbranch-protection=standard"; do
         # shellcheck disable=SC2086 # flags is a word list
         if ! "$cc" -static $flags -Wall -Wextra -Werror -I"$srcdir/src" -I"$srcdir/tests" -o "$out" \
-                "$srcdir/tests/ctx-standalone.c" "$srcdir/src/ctx.c" "$srcdir/src/arch/switch-aarch64.S" -lm; then
+                "$srcdir/tests/ctx-standalone.c" "$srcdir/src/runtime/ctx.c" "$srcdir/src/runtime/arch/switch-aarch64.S" -lm; then
                 echo "check-aarch64: cross build failed ($flags)" >&2
                 exit 1
         fi

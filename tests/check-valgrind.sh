@@ -10,7 +10,7 @@
 # that child exit 1 (--error-exitcode), which Check reports as an error of that
 # test.  Every process also writes a log, and any "ERROR SUMMARY" above 0 fails
 # the run as well, so that a child that dies by a signal cannot hide its errors.
-# No suppression file: none is needed (stack.c tells valgrind about every task
+# No suppression file: none is needed (src/runtime/stack.c tells valgrind about every task
 # stack and marks a reused one undefined when it hands it out).
 #
 # check_ctx is not run: its tests fault on purpose (a write to a low address, a

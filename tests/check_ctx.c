@@ -14,8 +14,8 @@
 #include <unistd.h>
 
 #include "ctx-pingpong.h"
-#include "ctx.h"
-#include "stack.h"
+#include "runtime/ctx.h"
+#include "runtime/stack.h"
 #include "testutil.h"
 
 #if defined(__has_include)

@@ -770,10 +770,11 @@ START_TEST(test_join_from_outside_while_scope_closes)
 }
 END_TEST
 
+/* One case per file of the runtime: scope.c, gather.c. */
 static Suite *scope_suite(void)
 {
         Suite *s = suite_create("scope");
-        TCase *tc = tcase_create("core");
+        TCase *tc = tcase_create("scope");
 
         tcase_add_test(tc, test_children_keep_running_when_sibling_fails);
         tcase_add_test(tc, test_error_handler_sees_each_failure_once);
@@ -789,6 +790,9 @@ static Suite *scope_suite(void)
         tcase_add_test(tc, test_scope_rules);
         tcase_add_test(tc, test_scope_left_open_is_closed_at_task_end);
         tcase_add_test(tc, test_join_from_outside_while_scope_closes);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("gather");
         tcase_add_test(tc, test_gather_reports_results_and_errors);
         tcase_add_test(tc, test_gather_cancelled_waits_for_all);
         tcase_add_test(tc, test_as_completed_in_completion_order);

@@ -1607,22 +1607,37 @@ START_TEST(test_deadlock_sleeps_without_spinning)
 }
 END_TEST
 
+/* One case per area of the runtime, named after its file (src/runtime/), so
+ * that CK_RUN_CASE=cancel runs the cancellation tests alone. */
+static TCase *area_case(Suite *s, const char *name)
+{
+        TCase *tc = tcase_create(name);
+
+        tcase_set_timeout(tc, 60);
+        suite_add_tcase(s, tc);
+        return tc;
+}
+
 static Suite *task_suite(void)
 {
         Suite *s = suite_create("task");
-        TCase *tc = tcase_create("core");
+        TCase *tc;
 
-        tcase_set_timeout(tc, 60);
+        tc = area_case(s, "loop");
         tcase_add_test(tc, test_loop_run_returns_result);
         tcase_add_test(tc, test_loop_run_nested_is_busy);
         tcase_add_test(tc, test_fresh_loop_in_forked_child);
         tcase_add_test(tc, test_deadlock_sleeps_without_spinning);
+        tcase_add_test(tc, test_virtual_clock_far_ahead_saturates);
+        tcase_add_test(tc, test_raw_libev_watchers_beside_tasks);
+        tcase_add_test(tc, test_spawn_and_cancel_from_libev_callback);
+#ifdef AIOT_TEST_UCONTEXT
+        tcase_add_test(tc, test_runs_on_ucontext);
+#endif
+
+        tc = area_case(s, "task");
         tcase_add_test(tc, test_spawn_join);
         tcase_add_test(tc, test_join_of_ended_task_with_joiner_is_busy);
-        tcase_add_test(tc, test_return_inside_deadline_with_scope_open);
-        tcase_add_test(tc, test_sleep_infinity_arms_no_timer);
-        tcase_add_test(tc, test_virtual_clock_far_ahead_saturates);
-        tcase_add_test(tc, test_on_error_leftovers_cleaned_up);
         tcase_add_test(tc, test_join_self_is_edeadlk);
         tcase_add_test(tc, test_100k_spawn_join);
         tcase_add_test(tc, test_spawn_stack_size);
@@ -1631,30 +1646,33 @@ static Suite *task_suite(void)
         tcase_add_test(tc, test_virtual_sleep_hour);
         tcase_add_test(tc, test_virtual_sleepers_in_order);
         tcase_add_test(tc, test_real_sleep);
+        tcase_add_test(tc, test_sleep_infinity_arms_no_timer);
+        tcase_add_loop_test(tc, test_defer_lifo, 0, 3);
+        tcase_add_test(tc, test_stack_overflow_names_task);
+
+        tc = area_case(s, "cancel");
         tcase_add_test(tc, test_cancel_counted_level_triggered);
         tcase_add_test(tc, test_caw_finished_noop);
         tcase_add_test(tc, test_caw_absorbs_target_cancellation);
         tcase_add_test(tc, test_caw_caller_cancelled);
         tcase_add_test(tc, test_caw_waits_out_shielded_cleanup);
         tcase_add_test(tc, test_caw_set_with_failure);
+        tcase_add_test(tc, test_caw_set_caller_cancelled);
         tcase_add_test(tc, test_shield_cleanup_survives_two_cancels);
         tcase_add_test(tc, test_shield_nested_defers_to_outermost);
         tcase_add_test(tc, test_shield_self_cancel_by_return);
         tcase_add_test(tc, test_shield_self_request_deferred);
+
+        tc = area_case(s, "deadline");
         tcase_add_test(tc, test_deadlines_nest_and_pierce_shields);
         tcase_add_test(tc, test_deadline_interrupts_event_wait_in_shield);
-        tcase_add_loop_test(tc, test_defer_lifo, 0, 3);
+        tcase_add_test(tc, test_deadline_expires_during_close);
+        tcase_add_test(tc, test_return_inside_deadline_with_scope_open);
+        tcase_add_test(tc, test_on_error_leftovers_cleaned_up);
+
+        tc = area_case(s, "sync");
         tcase_add_test(tc, test_event_wakes_all_fifo);
         tcase_add_test(tc, test_sem_fifo_and_cancel);
-        tcase_add_test(tc, test_raw_libev_watchers_beside_tasks);
-        tcase_add_test(tc, test_caw_set_caller_cancelled);
-        tcase_add_test(tc, test_spawn_and_cancel_from_libev_callback);
-        tcase_add_test(tc, test_stack_overflow_names_task);
-        tcase_add_test(tc, test_deadline_expires_during_close);
-#ifdef AIOT_TEST_UCONTEXT
-        tcase_add_test(tc, test_runs_on_ucontext);
-#endif
-        suite_add_tcase(s, tc);
         return s;
 }
 

@@ -14,7 +14,7 @@
 #include <fenv.h>
 #include <stdlib.h>
 
-#include "ctx.h"
+#include "runtime/ctx.h"
 
 /* The compiler must not know the value any more, so it has to keep it alive
  * (in a callee-saved register, or spilled) across the switch. */

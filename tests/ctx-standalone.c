@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "ctx.h"
+#include "runtime/ctx.h"
 #include "ctx-pingpong.h"
 
 #define ROUNDS 20000

@@ -44,7 +44,6 @@
 #include "aiotools/log.h"
 #include "macro.h"
 #include "server-internal.h"
-#include "task-internal.h"
 
 static void respawn_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
@@ -166,16 +165,6 @@ static void proc_spec(const struct proc *p, int report_fd, struct aiot__proc_spe
         };
 }
 
-/* Forked in the child before the spec is read: the task runtime forgets the
- * supervisor's loop, then worker.c takes over. */
-static int child_entry(void *arg)
-{
-        /* Forked inside a callback of the supervisor's loop, which this
-         * process never runs: the task runtime forgets it. */
-        aiot__task_after_fork();
-        return worker_main(arg);
-}
-
 static void child_exit_cb(aiot_child *c, int status, void *userdata)
 {
         struct proc *p = userdata;
@@ -201,7 +190,7 @@ static int proc_spawn(struct proc *p)
         p->setup_error = 0;
         p->served = false;
         proc_spec(p, wfd, &spec);
-        r = aiot_fork(p->srv->evl, child_entry, &spec, child_exit_cb, p, &p->child);
+        r = aiot_fork(p->srv->evl, worker_main, &spec, child_exit_cb, p, &p->child);
         close(wfd);
         if (r < 0) {
                 channel_close(p);

@@ -16,8 +16,8 @@
 #include <ucontext.h>
 #include <unistd.h>
 
-#include "ctx.h"
-#include "stack.h"
+#include "runtime/ctx.h"
+#include "runtime/stack.h"
 
 static long n_switches = 2000000;
 static long n_stacks = 1000000;

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The task context switch for x86-64 (System V ABI).  See src/ctx.h.
+/* The task context switch for x86-64 (System V ABI).  See src/runtime/ctx.h.
  *
  * aiot__ctx_swap(void **save_sp, void *new_sp) pushes what a callee must preserve
  * (rbp rbx r12-r15, plus the x87 control word and MXCSR, which the ABI makes
@@ -9,7 +9,7 @@
  * that is what makes it ~20x faster than swapcontext.
  *
  * Stack layout at a saved sp, lowest address first (struct initial_frame in
- * src/ctx.c builds the same for a new context):
+ * src/runtime/ctx.c builds the same for a new context):
  *   0 mxcsr(4) x87cw(2) pad(2) | 8 r15 | 16 r14 | 24 r13 | 32 r12 | 40 rbx | 48 rbp | 56 return address
  */
 

@@ -3,7 +3,7 @@
  * another.  Internal: never installed.
  *
  * Two implementations behind one interface:
- *  - the default, a hand-written register switch in src/arch/switch-<cpu>.S (on
+ *  - the default, a hand-written register switch in src/runtime/arch/switch-<cpu>.S (on
  *    x86-64 also inlined into its callers, see aiot__ctx_swap_inline) that
  *    saves only what the calling convention says a callee must preserve (plus the
  *    FP control registers), and makes no system call;
@@ -70,7 +70,7 @@ void aiot__ctx_switch_final(aiot__ctx *from, aiot__ctx *to);
 const char *aiot__ctx_impl(void);
 
 #ifndef AIOT_CONTEXT_UCONTEXT
-/* The raw switch in src/arch/switch-<cpu>.S: pushes the callee-saved registers
+/* The raw switch in src/runtime/arch/switch-<cpu>.S: pushes the callee-saved registers
  * and FP control state, stores the stack pointer to *save_sp, loads new_sp, pops,
  * returns.  No system call. */
 void aiot__ctx_swap(void **save_sp, void *new_sp);

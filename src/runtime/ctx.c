@@ -89,7 +89,7 @@ const char *aiot__ctx_impl(void)
 
 #else /* the assembly switch */
 
-/* In src/arch/switch-<cpu>.S: moves the entry's argument into place and calls the
+/* In src/runtime/arch/switch-<cpu>.S: moves the entry's argument into place and calls the
  * entry, both taken from callee-saved registers of the initial frame. */
 void aiot__ctx_start(void);
 

@@ -1,14 +1,17 @@
 /* SPDX-License-Identifier: MIT */
-/* Task scopes (structured concurrency) and gather / as_completed / race.
+/* Task scopes (structured concurrency) and deadlines.
  *
  * A scope keeps a list of its children: every live one, and every ended one whose
  * handle the spawner still holds.  Ended children without a handle leave the list
  * (and are freed) as they end; joined ones when they are joined; the rest when the
  * scope closes.  The host is the task that opened the scope; its open scopes form
  * a stack (task->hosted, scope->outer), so that a cancellation delivered to the
- * host, or an expiring deadline around a scope, reaches the scope's children. */
-#define AIOT__TASK_PRIVATE 1
-
+ * host, or an expiring deadline around a scope, reaches the scope's children.
+ *
+ * A deadline is a frame of its task's stack (the public aiot_deadline); the
+ * task's active deadlines form a chain, innermost first, and each one's timer
+ * sits in the loop's heap owned by the task.  gather, race and as_completed are
+ * in gather.c. */
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
@@ -16,8 +19,7 @@
 #include <string.h>
 
 #include "aiotools/log.h"
-#include "macro.h"
-#include "task-internal.h"
+#include "runtime-private.h"
 
 /* ---------------------------------------------------------------- membership */
 
@@ -101,9 +103,9 @@ int aiot_spawn(aiot_scope *s, aiot_task_fn fn, void *arg, aiot_task **ret)
         return aiot_spawn_opts(s, fn, arg, NULL, ret);
 }
 
-/* Spawns without a handle but tags the task, for the helpers below: the pointer is
+/* Spawns without a handle but tags the task, for the helpers in gather.c: the pointer is
  * only used before the task can run. */
-static int spawn_tagged(aiot_scope *s, aiot_task_fn fn, void *arg, size_t tag)
+int aiot__scope_spawn_tagged(aiot_scope *s, aiot_task_fn fn, void *arg, size_t tag)
 {
         aiot_task *t;
         int r = spawn_into(s, fn, arg, 0, 0, &t);
@@ -132,7 +134,7 @@ static int deadline_encloses(const struct aiot__deadline *d, const aiot_scope *s
         return 0;
 }
 
-int aiot__scope_inside_deadline(aiot_task *host, const struct aiot__deadline *d)
+static int scope_inside_deadline(aiot_task *host, const struct aiot__deadline *d)
 {
         for (aiot_scope *s = host->hosted; s; s = s->outer)
                 if (deadline_encloses(d, s))
@@ -140,11 +142,17 @@ int aiot__scope_inside_deadline(aiot_task *host, const struct aiot__deadline *d)
         return 0;
 }
 
-void aiot__scope_cancel_hosted(aiot_task *host, struct aiot__deadline *d)
+/* d NULL: the host's cancellation was delivered; else deadline d expired. */
+static void cancel_hosted_by(aiot_task *host, struct aiot__deadline *d)
 {
         for (aiot_scope *s = host->hosted; s; s = s->outer)
                 if (!d || deadline_encloses(d, s))
                         aiot_scope_cancel(s);
+}
+
+void aiot__scope_cancel_hosted(aiot_task *host)
+{
+        cancel_hosted_by(host, NULL);
 }
 
 /* ---------------------------------------------------------------- child end */
@@ -277,227 +285,90 @@ void aiot__scope_close_leftovers(aiot_task *t)
 
 /* ---------------------------------------------------------------- gather */
 
-static void quiet_on_error(aiot_task *t, int rc, void *userdata)
+
+/* ---------------------------------------------------------------- deadlines */
+
+_Static_assert(sizeof(struct aiot__deadline) <= sizeof(aiot_deadline), "aiot_deadline is too small");
+_Static_assert(_Alignof(struct aiot__deadline) <= _Alignof(aiot_deadline), "aiot_deadline is misaligned");
+
+static void deadline_expire(struct aiot__deadline *d)
 {
-        /* The helpers report every result to their caller. */
+        aiot_task *t = d->task;
+
+        d->expired = 1;
+        t->pub.n_expired++;
+        if (t->hosted)
+                cancel_hosted_by(t, d);
+        aiot__interrupt(t, -ETIMEDOUT);
 }
 
-static int helper_open(aiot_scope **ret)
+static void deadline_fire(aiot__timer *tm)
 {
-        struct aiot_scope_opts o = { .size = sizeof(o), .on_error = quiet_on_error };
-
-        return aiot_scope_open(ret, &o);
+        deadline_expire(aiot__container_of(tm, struct aiot__deadline, tm));
 }
 
-/* Spawns all n; on failure cancels and closes the scope. */
-static int helper_spawn_all(aiot_scope *s, size_t n, const aiot_task_fn fns[], void *const args[])
+int aiot__deadline_begin_ns(struct aiot__deadline *d, uint64_t at)
 {
-        for (size_t i = 0; i < n; i++) {
-                int r = fns[i] ? spawn_tagged(s, fns[i], args ? args[i] : NULL, i) : -EINVAL;
+        aiot_task *t = aiot__task_current();
 
-                if (r < 0) {
-                        aiot_scope_cancel(s);
-                        aiot_scope_close(s);
-                        return r;
-                }
-        }
-        return 0;
-}
-
-static void gather_hook(aiot_scope *s, aiot_task *t)
-{
-        int *results = s->hook_data;
-
-        results[t->tag] = t->result;
-}
-
-int aiot_gather(size_t n, const aiot_task_fn fns[], void *const args[], int results[])
-{
-        aiot_scope *s;
-        int r;
-
-        aiot__return_if(n && (!fns || !results), -EINVAL);
-        r = helper_open(&s);
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < n; i++)
-                results[i] = -ECANCELED;
-        s->done_hook = gather_hook;
-        s->hook_data = results;
-        r = helper_spawn_all(s, n, fns, args);
-        if (r < 0)
-                return r;
-        r = aiot_scope_close(s);
-        return r == -ECANCELED || r == -ETIMEDOUT ? r : 0;
-}
-
-/* ---------------------------------------------------------------- race */
-
-struct race {
-        int have_winner;
-        size_t winner;
-        int result;
-        int first_error;
-};
-
-static void race_hook(aiot_scope *s, aiot_task *t)
-{
-        struct race *rc = s->hook_data;
-
-        if (rc->have_winner)
-                return;
-        if (t->result >= 0) {
-                rc->have_winner = 1;
-                rc->winner = t->tag;
-                rc->result = t->result;
-                aiot_scope_cancel(s);
-        } else if (!rc->first_error) {
-                rc->first_error = t->result;
-        }
-}
-
-int aiot_race(size_t n, const aiot_task_fn fns[], void *const args[], size_t *winner, int *result)
-{
-        struct race rc = { 0 };
-        aiot_scope *s;
-        int r;
-
-        aiot__return_if(!n || !fns, -EINVAL);
-        r = helper_open(&s);
-        if (r < 0)
-                return r;
-        s->done_hook = race_hook;
-        s->hook_data = &rc;
-        r = helper_spawn_all(s, n, fns, args);
-        if (r < 0)
-                return r;
-        r = aiot_scope_close(s);
-        if (r == -ECANCELED || r == -ETIMEDOUT)
-                return r;
-        /* Every child passed through race_hook before the scope closed: with no
-         * winner, each ended with a negative result and the first is kept. */
-        if (!rc.have_winner) {
-                assert(rc.first_error < 0);
-                return rc.first_error;
-        }
-        if (winner)
-                *winner = rc.winner;
-        if (result)
-                *result = rc.result;
-        return 0;
-}
-
-/* ---------------------------------------------------------------- as_completed */
-
-struct aiot_as_completed {
-        aiot_scope *s;
-        size_t n, done, reported;
-        size_t *idx;
-        int *res;
-        aiot_task *waiter;
-};
-
-static void ac_hook(aiot_scope *s, aiot_task *t)
-{
-        aiot_as_completed *ac = s->hook_data;
-
-        ac->idx[ac->done] = t->tag;
-        ac->res[ac->done] = t->result;
-        ac->done++;
-        if (ac->waiter)
-                aiot__wake(ac->waiter, 0);
-}
-
-static void ac_free(aiot_as_completed *ac)
-{
-        free(ac->idx);
-        free(ac->res);
-        free(ac);
-}
-
-int aiot_as_completed_open(aiot_as_completed **ret, size_t n, const aiot_task_fn fns[], void *const args[])
-{
-        aiot_as_completed *ac;
-        int r;
-
-        aiot__return_if(!ret || (n && !fns), -EINVAL);
-        if (!aiot__task_current())
+        d->active = 0;
+        if (!t)
                 return -EPERM;
-        ac = calloc(1, sizeof(*ac));
-        if (!ac)
-                return -ENOMEM;
-        ac->n = n;
-        ac->idx = calloc(n ? n : 1, sizeof(*ac->idx));
-        ac->res = calloc(n ? n : 1, sizeof(*ac->res));
-        if (!ac->idx || !ac->res) {
-                ac_free(ac);
-                return -ENOMEM;
-        }
-        r = helper_open(&ac->s);
-        if (r < 0) {
-                ac_free(ac);
-                return r;
-        }
-        ac->s->done_hook = ac_hook;
-        ac->s->hook_data = ac;
-        r = helper_spawn_all(ac->s, n, fns, args);
-        if (r < 0) {
-                ac_free(ac);
-                return r;
-        }
-        *ret = ac;
+        aiot__timer_init(&d->tm, deadline_fire);
+        d->task = t;
+        d->expired = 0;
+        d->active = 1;
+        d->prev = t->deadlines;
+        t->deadlines = d;
+        if (at <= aiot__now_ns(t->pub.loop))
+                deadline_expire(d);
+        else if (at != AIOT__NEVER)
+                aiot__timer_arm_owned(t->pub.loop, &d->tm, at, t);
         return 0;
 }
 
-static void ac_unpark(aiot_task *t, void *arg)
+int aiot__deadline_end_any(struct aiot__deadline *d)
 {
-        aiot_as_completed *ac = arg;
+        aiot_task *t = d->task;
+        struct aiot__deadline **pp;
 
-        ac->waiter = NULL;
+        if (!d->active)
+                return -EINVAL;
+        for (pp = &t->deadlines; *pp && *pp != d; pp = &(*pp)->prev)
+                ;
+        if (*pp)
+                *pp = d->prev;
+        aiot__timer_disarm(t->pub.loop, &d->tm);
+        if (d->expired)
+                t->pub.n_expired--;
+        d->active = 0;
+        return d->expired;
 }
 
-int aiot_as_completed_next(aiot_as_completed *ac, size_t *index, int *result)
+int aiot_deadline_begin(aiot_deadline *dl, double seconds)
 {
-        aiot_task *self = aiot__task_current();
-        int r;
+        struct aiot__deadline *d = (struct aiot__deadline *)dl;
+        aiot_loop *l = aiot__tls_loop;
+        uint64_t at;
 
-        aiot__return_if(!ac, -EINVAL);
-        if (!self)
+        aiot__return_if(!dl, -EINVAL);
+        d->active = 0;
+        aiot__return_if(isnan(seconds), -EINVAL);
+        if (!l || !l->pub.current)
                 return -EPERM;
-        if (ac->reported == ac->n)
-                return -ENOENT;
-        while (ac->reported == ac->done) {
-                if (ac->waiter)
-                        return -EBUSY;
-                ac->waiter = self;
-                r = aiot__park(ac_unpark, ac);
-                ac->waiter = NULL;
-                if (r < 0)
-                        return r;
-        }
-        if (index)
-                *index = ac->idx[ac->reported];
-        if (result)
-                *result = ac->res[ac->reported];
-        ac->reported++;
-        return 0;
+        at = seconds <= 0 ? 0 : aiot__at_from_now(l, seconds);
+        return aiot__deadline_begin_ns(d, at);
 }
 
-int aiot_as_completed_close(aiot_as_completed *ac)
+int aiot_deadline_end(aiot_deadline *dl)
 {
-        int r;
+        struct aiot__deadline *d = (struct aiot__deadline *)dl;
+        aiot_task *t = aiot__task_current();
 
-        if (!ac)
-                return 0;
-        if (aiot__task_current() != ac->s->host)
-                return -EPERM;
-        /* Checked before cancelling: a refused close leaves the tasks running. */
-        if (ac->s->host->hosted != ac->s)
+        aiot__return_if(!d || !t || !d->active || d->task != t || t->deadlines != d, -EINVAL);
+        /* A scope opened inside d must close first: it keeps a pointer into
+         * the deadline chain. */
+        if (scope_inside_deadline(t, d))
                 return -EBUSY;
-        aiot_scope_cancel(ac->s);
-        r = aiot_scope_close(ac->s);
-        if (r < 0 && r != -ECANCELED && r != -ETIMEDOUT)
-                return r;
-        ac_free(ac);
-        return r == -ECANCELED || r == -ETIMEDOUT ? r : 0;
+        return aiot__deadline_end_any(d);
 }

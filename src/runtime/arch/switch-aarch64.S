@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The task context switch for aarch64 (AAPCS64).  See src/ctx.h.
+/* The task context switch for aarch64 (AAPCS64).  See src/runtime/ctx.h.
  *
  * aiot__ctx_swap(void **save_sp, void *new_sp) saves what a callee must preserve
  * (x19-x28, the frame pointer x29, the link register x30, the low halves d8-d15
@@ -8,7 +8,7 @@
  * No system call.
  *
  * Stack layout at a saved sp, lowest address first (struct initial_frame in
- * src/ctx.c builds the same for a new context):
+ * src/runtime/ctx.c builds the same for a new context):
  *   0 x19 x20 .. 80 x29 88 x30 | 96 d8 .. 152 d15 | 160 fpcr | 168 pad   (176 bytes)
  */
 

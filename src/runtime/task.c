@@ -1,0 +1,543 @@
+/* SPDX-License-Identifier: MIT */
+/* Tasks: creation, the end of a task and its cleanup (defers, deadlines in dead
+ * frames, scopes left open), park / wake and interruption, yield and sleep,
+ * join, cancellation and shields, cancel_and_wait, defer.  Scopes live in
+ * scope.c, the scheduler in loop.c; the shared hot path is runtime-private.h. */
+#include <assert.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "runtime-private.h"
+
+/* ---------------------------------------------------------------- tasks */
+
+static void task_entry(void *p);
+
+static aiot_task *task_alloc(aiot_loop *l)
+{
+        aiot_task *t = l->free_tasks;
+
+        if (t) {
+                l->free_tasks = t->rq_next;
+                l->n_free--;
+                return t;
+        }
+        return malloc(sizeof(*t));
+}
+
+void aiot__task_free(aiot_task *t)
+{
+        aiot_loop *l = t->pub.loop;
+
+        if (l->n_free < l->free_max) {
+                t->rq_next = l->free_tasks;
+                l->free_tasks = t;
+                l->n_free++;
+        } else {
+                free(t);
+        }
+}
+
+int aiot__task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_size, aiot_task **ret)
+{
+        aiot_task *t = task_alloc(l);
+        void *lo;
+        size_t usable;
+        int r;
+
+        if (!t)
+                return -ENOMEM;
+        /* 0: the pool's size, which has the slack already.  (A size the pool
+         * refuses stays one it refuses.) */
+        if (stack_size && stack_size < SIZE_MAX - STACK_SHIFT_MAX)
+                stack_size += STACK_SHIFT_MAX;
+        r = aiot__stack_get(l->pool, stack_size, &lo, &usable);
+        if (r < 0) {
+                t->pub.loop = l;
+                aiot__task_free(t);
+                return r;
+        }
+        t->pub.loop = l;
+        t->fn = fn;
+        t->arg = arg;
+        t->state = AIOT__T_READY;
+        t->parked_intr = 0;
+        t->has_handle = 0;
+        t->pub.cancelled = 0;
+        t->cancel_pending = 0;
+        t->is_root = 0;
+        t->mark = 0;
+        t->result = 0;
+        t->wake_rc = 0;
+        t->cancel_requests = 0;
+        t->pub.shield = 0;
+        t->pub.n_expired = 0;
+        t->deadlines = NULL;
+        t->unpark = NULL;
+        t->unpark_arg = NULL;
+        t->joiner = NULL;
+        t->defers = NULL;
+        t->scope = NULL;
+        t->sc_prev = t->sc_next = NULL;
+        t->hosted = NULL;
+        t->tag = 0;
+        t->stack_lo = lo;
+        t->stack_size = usable;
+        /* Stacks of equal size put every task's frames at the same offset in a
+         * page; a switch then stores to one stack and loads from the other at
+         * addresses 4 KiB apart, which the CPU mistakes for a dependency (4K
+         * aliasing).  Shifting each stack's top by a few cache lines avoids it. */
+        l->color = (l->color + 1) & 15;
+        aiot__ctx_make(&t->ctx, lo, usable - (size_t)l->color * (STACK_SHIFT_MAX / 15), task_entry, t);
+        rq_push(l, t);
+        *ret = t;
+        return 0;
+}
+
+int aiot__task_new(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, int want_handle,
+                   aiot_task **ret)
+{
+        int r = aiot__task_new_raw(s->loop, fn, arg, stack_size, ret);
+
+        if (r == 0)
+                (*ret)->has_handle = !!want_handle;
+        return r;
+}
+
+/* Releases a joined (or ended, unowned) task: out of its scope's list, freed. */
+static void task_release(aiot_task *t)
+{
+        aiot__scope_release_child(t);
+}
+
+static void deliver_cancel(aiot_task *t);
+
+/* The special problem of deadlines in dead frames.  A function of the task (its
+ * body, a deferred callback, an error handler) may return with deadlines still
+ * active: they sit in its dead stack frames, which the cleanup's own calls
+ * overwrite at once, so they are never read again.  Their timers leave the heap
+ * by owner; the scopes the task still hosts forget the chain (a deadline
+ * expiring later would walk it) and their own timeouts, which were in it. */
+static void frame_deadlines_clear(aiot_task *t)
+{
+        if (AIOT_LIKELY(!t->deadlines))
+                return;
+        aiot__timers_drop_owned(t->pub.loop, t);
+        t->deadlines = NULL;
+        t->pub.n_expired = 0;
+        for (aiot_scope *s = t->hosted; s; s = s->outer) {
+                s->dl_at_open = NULL;
+                s->timeout.active = 0;
+                s->timeout.tm.idx = 0;
+        }
+}
+
+/* Runs the cleanup of an ending task, shielded: deferred callbacks (LIFO), then
+ * the scopes left open are cancelled and closed. */
+static __attribute__((noinline)) void task_cleanup(aiot_task *t)
+{
+        frame_deadlines_clear(t);
+        while (t->defers) {
+                struct aiot__defer *d = t->defers;
+
+                t->defers = d->next;
+                d->fn(d->arg);
+                free(d);
+                frame_deadlines_clear(t);
+        }
+        if (t->hosted)
+                aiot__scope_close_leftovers(t);
+}
+
+static void task_finish(aiot_task *t, int rc)
+{
+        aiot_loop *l = t->pub.loop;
+
+        t->result = rc;
+        t->pub.shield++;
+        if (AIOT_UNLIKELY(t->deadlines || t->defers || t->hosted))
+                task_cleanup(t);
+        /* The error handler and the helpers' hooks may block and leave
+         * deadlines, scopes, even defers behind them: when one ran, the task is
+         * cleaned up again before it stops counting as live in its scope. */
+        if (t->scope && aiot__scope_child_done(t)) {
+                task_cleanup(t);
+                aiot__scope_child_ended(t);
+        }
+        t->state = AIOT__T_DONE;
+        if (t->joiner)
+                aiot__wake(t->joiner, 0);
+
+        l->zombie_lo = t->stack_lo;
+        l->zombie_size = t->stack_size;
+        if (!t->has_handle && !t->joiner && !t->is_root)
+                task_release(t);
+
+        /* Nothing below may touch t: it may be reused by the next spawn.  Not
+         * switch_target(): with one final switch per target a spawn + join
+         * measured ~1 ns faster than with a single switch on a selected one. */
+        if (l->rq_head && direct_ok(l)) {
+                aiot__ctx_switch_final(&l->dead, run_next(l, rq_pop(l)));
+        } else {
+                l->pub.current = NULL;
+                aiot__ctx_switch_final(&l->dead, &l->sched);
+        }
+        abort();
+}
+
+static void task_entry(void *p)
+{
+        aiot_task *t = p;
+
+        reap_zombie(t->pub.loop);
+        task_finish(t, t->fn(t->arg));
+}
+
+int aiot_task_done(const aiot_task *t)
+{
+        return t && t->state == AIOT__T_DONE;
+}
+
+int aiot_task_result(const aiot_task *t, int *result)
+{
+        aiot__return_if(!t || !result, -EINVAL);
+        if (t->state != AIOT__T_DONE)
+                return -EAGAIN;
+        *result = t->result;
+        return 0;
+}
+
+/* ---------------------------------------------------------------- park / wake */
+
+int aiot_checkpoint(void)
+{
+        return aiot__check();
+}
+
+int aiot__park(aiot__unpark_fn unpark, void *arg)
+{
+        aiot_loop *l = aiot__tls_loop;
+
+        return park_intr(l, l->pub.current, unpark, arg);
+}
+
+int aiot__park_checked(aiot__unpark_fn unpark, void *arg)
+{
+        aiot_loop *l = aiot__tls_loop;
+
+        return park_intr_checked(l, l->pub.current, unpark, arg);
+}
+
+int aiot__park_nointr(void)
+{
+        aiot_loop *l = aiot__tls_loop;
+        aiot_task *t = l->pub.current;
+
+        t->unpark = NULL;
+        t->parked_intr = 0;
+        t->state = AIOT__T_PARKED;
+        task_suspend(l, t);
+        return t->wake_rc;
+}
+
+int aiot__wake(aiot_task *t, int rc)
+{
+        if (t->state != AIOT__T_PARKED)
+                return 0;
+        t->unpark = NULL;
+        t->wake_rc = rc;
+        t->state = AIOT__T_READY;
+        rq_push(t->pub.loop, t);
+        return 1;
+}
+
+/* A cancellation or deadline reaches a task parked interruptibly. */
+void aiot__interrupt(aiot_task *t, int rc)
+{
+        aiot__unpark_fn unpark = t->unpark;
+
+        if (t->state != AIOT__T_PARKED || !t->parked_intr)
+                return;
+        if (unpark)
+                unpark(t, t->unpark_arg);
+        aiot__wake(t, rc);
+}
+
+/* ---------------------------------------------------------------- yield, sleep */
+
+int aiot_yield(void)
+{
+        aiot_loop *l = aiot__tls_loop;
+        aiot_task *t, *next;
+        int r;
+
+        if (!l || !(t = l->pub.current))
+                return -EPERM;
+        r = aiot__task_check(t);
+        if (r)
+                return r;
+        next = l->rq_head;
+        if (AIOT_LIKELY(next != NULL) && direct_ok(l)) {
+                /* The hot path of a ping-pong: take the next task before queueing
+                 * ourselves, so that no load waits for the store just made. */
+                l->rq_head = next->rq_next;
+                t->rq_next = NULL;
+                if (l->rq_head)
+                        l->rq_tail->rq_next = t;
+                else
+                        l->rq_head = t;
+                l->rq_tail = t;
+                /* Both stay "active" (READY and RUNNING are not told apart
+                 * anywhere): no state to write for t. */
+                aiot__ctx_switch(&t->ctx, run_next(l, next));
+                reap_zombie(l);
+                return 0;
+        }
+        if (!next && direct_ok(l))
+                return 0; /* nothing else to run: no switch */
+        /* Through the scheduler, which polls. */
+        t->state = AIOT__T_READY;
+        rq_push(l, t);
+        l->pub.current = NULL;
+        aiot__ctx_switch(&t->ctx, &l->sched);
+        reap_zombie(l);
+        return 0;
+}
+
+struct sleeper {
+        aiot__timer tm;
+        aiot_task *t;
+};
+
+static void sleep_fire(aiot__timer *tm)
+{
+        aiot__wake(aiot__container_of(tm, struct sleeper, tm)->t, 0);
+}
+
+static void sleep_unpark(aiot_task *t, void *arg)
+{
+        struct sleeper *s = arg;
+
+        aiot__timer_disarm(t->pub.loop, &s->tm);
+}
+
+int aiot__sleep_until(uint64_t at)
+{
+        aiot_task *t = aiot__task_current();
+        struct sleeper s;
+        int r;
+
+        if (!t)
+                return -EPERM;
+        r = aiot__task_check(t);
+        if (r)
+                return r;
+        s.t = t;
+        aiot__timer_init(&s.tm, sleep_fire);
+        /* Forever: nothing to arm (on a virtual clock the clock would jump to it). */
+        if (at != AIOT__NEVER)
+                aiot__timer_arm(t->pub.loop, &s.tm, at);
+        return park_intr(t->pub.loop, t, sleep_unpark, &s);
+}
+
+int aiot_sleep(double seconds)
+{
+        aiot_loop *l = aiot__tls_loop;
+
+        aiot__return_if(isnan(seconds), -EINVAL);
+        if (!l || !l->pub.current)
+                return -EPERM;
+        return aiot__sleep_until(aiot__at_from_now(l, seconds));
+}
+
+/* ---------------------------------------------------------------- cancellation */
+
+static void deliver_cancel(aiot_task *t)
+{
+        t->pub.cancelled = 1;
+        t->cancel_pending = 0;
+        if (t->hosted)
+                aiot__scope_cancel_hosted(t);
+        aiot__interrupt(t, -ECANCELED);
+}
+
+int aiot_cancel(aiot_task *t)
+{
+        aiot__return_if(!t, -EINVAL);
+        if (t->state == AIOT__T_DONE)
+                return 0;
+        if (t->cancel_requests < INT_MAX)
+                t->cancel_requests++;
+        if (t->pub.cancelled)
+                return 0;
+        if (t->pub.shield) {
+                t->cancel_pending = 1;
+                return 0;
+        }
+        deliver_cancel(t);
+        return 0;
+}
+
+int aiot_cancelling(const aiot_task *t)
+{
+        return t ? (int)t->cancel_requests : 0;
+}
+
+void aiot_shield_begin(void)
+{
+        aiot_task *t = aiot__task_current();
+
+        if (t)
+                t->pub.shield++;
+}
+
+void aiot_shield_end(void)
+{
+        aiot_task *t = aiot__task_current();
+
+        if (!t || !t->pub.shield)
+                return;
+        if (--t->pub.shield == 0 && t->cancel_pending)
+                deliver_cancel(t);
+}
+
+static void join_unpark(aiot_task *self, void *arg)
+{
+        aiot_task *t = arg;
+
+        if (t->joiner == self)
+                t->joiner = NULL;
+}
+
+AIOT_INLINE int task_wait(aiot_task *t, int intr)
+{
+        aiot_loop *l = aiot__tls_loop;
+        aiot_task *self = l->pub.current;
+        int r;
+
+        if (t->state == AIOT__T_DONE)
+                return 0;
+        if (t->joiner && t->joiner != self)
+                return -EBUSY;
+        t->joiner = self;
+        r = intr ? park_intr(l, self, join_unpark, t) : aiot__park_nointr();
+        if (r < 0) {
+                if (t->joiner == self)
+                        t->joiner = NULL;
+                return r;
+        }
+        assert(t->state == AIOT__T_DONE);
+        return 0;
+}
+
+int aiot__task_wait(aiot_task *t, int intr)
+{
+        return task_wait(t, intr);
+}
+
+static int join_check(aiot_task *t, aiot_task *self)
+{
+        if (!t || t->is_root)
+                return -EINVAL;
+        if (!self)
+                return -EPERM;
+        if (t == self)
+                return -EDEADLK;
+        /* Also once t has ended: its joiner was woken but has not run yet, and
+         * it frees t when it does. */
+        if (t->joiner && t->joiner != self)
+                return -EBUSY;
+        return 0;
+}
+
+int aiot_join(aiot_task *t, int *result)
+{
+        aiot_task *self = aiot__task_current();
+        int r = join_check(t, self);
+
+        if (r)
+                return r;
+        r = task_wait(t, 1);
+        if (r)
+                return r;
+        if (result)
+                *result = t->result;
+        task_release(t);
+        return 0;
+}
+
+int aiot_cancel_and_wait(aiot_task *t)
+{
+        aiot_task *self = aiot__task_current();
+        int r = join_check(t, self);
+
+        if (r)
+                return r;
+        if (t->state != AIOT__T_DONE) {
+                aiot_cancel(t);
+                r = task_wait(t, 1);
+                if (r)
+                        return r;
+        }
+        task_release(t);
+        return 0;
+}
+
+int aiot_cancel_and_wait_all(aiot_task *const ts[], size_t n, int results[])
+{
+        aiot_task *self = aiot__task_current();
+        int r = 0;
+        size_t i;
+
+        aiot__return_if(n && !ts, -EINVAL);
+        for (i = 0; i < n && !r; i++) {
+                r = join_check(ts[i], self);
+                if (!r && ts[i]->mark)
+                        r = -EINVAL;
+                if (!r)
+                        ts[i]->mark = 1;
+        }
+        for (size_t j = 0; j < i; j++)
+                if (ts[j])
+                        ts[j]->mark = 0;
+        if (r)
+                return r;
+        for (i = 0; i < n; i++)
+                aiot_cancel(ts[i]);
+        for (i = 0; i < n; i++) {
+                r = aiot__task_wait(ts[i], 1);
+                if (r)
+                        return r;
+        }
+        for (i = 0; i < n; i++) {
+                if (results)
+                        results[i] = ts[i]->result;
+                task_release(ts[i]);
+        }
+        return 0;
+}
+
+
+/* ---------------------------------------------------------------- defer */
+
+int aiot_defer(void (*fn)(void *arg), void *arg)
+{
+        aiot_task *t = aiot__task_current();
+        struct aiot__defer *d;
+
+        aiot__return_if(!fn, -EINVAL);
+        if (!t)
+                return -EPERM;
+        d = malloc(sizeof(*d));
+        if (!d)
+                return -ENOMEM;
+        d->fn = fn;
+        d->arg = arg;
+        d->next = t->defers;
+        t->defers = d;
+        return 0;
+}
+

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "macro.h"
@@ -149,43 +150,86 @@ static int in_guard(uintptr_t a)
         return 0;
 }
 
+/* Async-signal-safe.  Never returns. */
+static void report_overflow(uintptr_t a)
+{
+        static const char pre[] = "stack overflow in task ";
+        char buf[512];
+        const char *name = aiot__stack_overflow_namer ? aiot__stack_overflow_namer() : NULL;
+        size_t n = 0, nl;
+
+        if (!name)
+                name = "?";
+        nl = strnlen(name, 256);
+        memcpy(buf, pre, sizeof(pre) - 1);
+        n += sizeof(pre) - 1;
+        memcpy(buf + n, name, nl);
+        n += nl;
+        memcpy(buf + n, " (fault at ", 11);
+        n += 11;
+        n += aiot__fmt_hex(buf + n, a);
+        memcpy(buf + n, ")\n", 2);
+        n += 2;
+        (void)!write(STDERR_FILENO, buf, n);
+        abort();
+}
+
+/* Only a fault raised by an access (si_code > 0) has a meaningful si_addr; for a
+ * signal sent with kill, raise or sigqueue (si_code <= 0) that field overlays the
+ * sender's pid and uid, which may well look like a guard address. */
+static int is_stack_overflow(const siginfo_t *si)
+{
+        return si->si_code > 0 && in_guard((uintptr_t)si->si_addr);
+}
+
+static int has_handler(const struct sigaction *sa)
+{
+        if (sa->sa_flags & SA_SIGINFO)
+                return sa->sa_sigaction != NULL;
+        return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN && sa->sa_handler != SIG_ERR;
+}
+
+/* Ends the process by sig as if no handler had been installed: with the default
+ * disposition back, the same signal (same siginfo, so a core dump records the
+ * original cause) is queued again to this thread.  It is blocked while the
+ * handler runs and is delivered as soon as the handler returns, with the
+ * interrupted context restored, before a faulting access would even re-run. */
+static void die_by_default(int sig, siginfo_t *si)
+{
+        struct sigaction dfl;
+
+        memset(&dfl, 0, sizeof(dfl));
+        dfl.sa_handler = SIG_DFL;
+        sigemptyset(&dfl.sa_mask);
+        sigaction(sig, &dfl, NULL);
+#ifdef SYS_rt_tgsigqueueinfo
+        if (syscall(SYS_rt_tgsigqueueinfo, getpid(), (pid_t)syscall(SYS_gettid), sig, si) == 0)
+                return;
+#else
+        (void)si;
+#endif
+        raise(sig);
+}
+
 static void on_fault(int sig, siginfo_t *si, void *uc)
 {
-        uintptr_t a = (uintptr_t)si->si_addr;
         struct sigaction *old = sig == SIGBUS ? &old_bus : &old_segv;
 
-        if (in_guard(a)) {
-                static const char pre[] = "stack overflow in task ";
-                char buf[512];
-                const char *name = aiot__stack_overflow_namer ? aiot__stack_overflow_namer() : NULL;
-                size_t n = 0, nl;
-
-                if (!name)
-                        name = "?";
-                nl = strnlen(name, 256);
-                memcpy(buf, pre, sizeof(pre) - 1);
-                n += sizeof(pre) - 1;
-                memcpy(buf + n, name, nl);
-                n += nl;
-                memcpy(buf + n, " (fault at ", 11);
-                n += 11;
-                n += aiot__fmt_hex(buf + n, a);
-                memcpy(buf + n, ")\n", 2);
-                n += 2;
-                (void)!write(STDERR_FILENO, buf, n);
-                abort();
-        }
-        /* Not ours: let the fault take its normal course.  With the default
-         * disposition back in place, returning re-executes the faulting access. */
-        if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
-                old->sa_sigaction(sig, si, uc);
+        if (is_stack_overflow(si))
+                report_overflow((uintptr_t)si->si_addr);
+        /* Not ours: whoever handled the signal before us (ASan, say) gets it. */
+        if (has_handler(old)) {
+                if (old->sa_flags & SA_SIGINFO)
+                        old->sa_sigaction(sig, si, uc);
+                else
+                        old->sa_handler(sig);
                 return;
         }
-        if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN && old->sa_handler != SIG_ERR) {
-                old->sa_handler(sig);
+        /* An ignored signal that was sent stays ignored; a real fault cannot be
+         * ignored (the kernel would have forced the default). */
+        if (old->sa_handler == SIG_IGN && !(old->sa_flags & SA_SIGINFO) && si->si_code <= 0)
                 return;
-        }
-        signal(sig, SIG_DFL);
+        die_by_default(sig, si);
 }
 
 static int altstack_ensure(void)

@@ -56,6 +56,7 @@
  * the task touches first and costs no extra memory. */
 struct stack_hdr {
         struct stack_hdr *next; /* free list */
+        struct region *region;  /* a stack of its own (odd size): its region */
         unsigned vg_id;         /* valgrind's stack id while handed out */
 };
 #define HDR_SIZE 64u
@@ -64,15 +65,22 @@ _Static_assert(sizeof(struct stack_hdr) <= HDR_SIZE, "header fits");
 /* A mapping holding guarded stacks, as the fault handler sees it: slot i spans
  * [base + i * slot, + slot) and starts with its guard.  Regions are never freed,
  * only deactivated (len 0) and reused, so the handler can walk the list without a
- * lock while another thread adds or drops a region. */
+ * lock while another thread adds or drops a region.
+ *
+ * Adding and dropping must not depend on how many regions exist (a million
+ * parked tasks hold some 16 000 chunks): a dropped region goes on a free list of
+ * its own, which the next add pops.  Only the fault handler walks every region,
+ * and it runs once per process at most. */
 struct region {
-        struct region *_Atomic next;
+        struct region *_Atomic next; /* every region, walked by the handler */
+        struct region *next_free;    /* dropped ones, under regions_lock */
         _Atomic uintptr_t base;
         _Atomic size_t len;
         _Atomic size_t slot;
 };
 
 static struct region *_Atomic regions;
+static struct region *free_regions;
 static pthread_mutex_t regions_lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct chunk {
@@ -111,10 +119,11 @@ static struct region *region_add(uintptr_t base, size_t len, size_t slot)
         struct region *r;
 
         pthread_mutex_lock(&regions_lock);
-        for (r = atomic_load(&regions); r; r = atomic_load(&r->next))
-                if (atomic_load(&r->len) == 0)
-                        break;
-        if (!r) {
+        r = free_regions;
+        if (r) {
+                free_regions = r->next_free;
+                r->next_free = NULL;
+        } else {
                 r = calloc(1, sizeof(*r));
                 if (!r) {
                         pthread_mutex_unlock(&regions_lock);
@@ -134,6 +143,8 @@ static void region_drop(struct region *r)
 {
         pthread_mutex_lock(&regions_lock);
         atomic_store(&r->len, 0);
+        r->next_free = free_regions;
+        free_regions = r;
         pthread_mutex_unlock(&regions_lock);
 }
 
@@ -412,6 +423,7 @@ static int chunk_add(aiot__stack_pool *p)
 static void stack_handout(struct stack_hdr *h, void *lo, size_t usable)
 {
         h->next = NULL;
+        h->region = NULL;
         h->vg_id = VALGRIND_STACK_REGISTER(lo, (char *)lo + usable);
         VALGRIND_MAKE_MEM_UNDEFINED(lo, usable);
 }
@@ -419,20 +431,23 @@ static void stack_handout(struct stack_hdr *h, void *lo, size_t usable)
 static int stack_get_odd(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
 {
         size_t len = GUARD_SIZE + round_up(size + HDR_SIZE, page_size);
+        struct stack_hdr *h;
+        struct region *region;
         char *base;
-        int r;
 
         base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (base == MAP_FAILED)
                 return -ENOMEM;
-        r = guard_install(base);
-        if (r < 0 || !region_add((uintptr_t)base, len, len)) {
+        if (guard_install(base) < 0 || !(region = region_add((uintptr_t)base, len, len))) {
                 munmap(base, len);
                 return -ENOMEM;
         }
         *lo = base + GUARD_SIZE;
         *usable = len - GUARD_SIZE - HDR_SIZE;
-        stack_handout((struct stack_hdr *)(base + len - HDR_SIZE), *lo, *usable);
+        h = (struct stack_hdr *)(base + len - HDR_SIZE);
+        stack_handout(h, *lo, *usable);
+        /* Kept in the header, so put finds the region without a search. */
+        h->region = region;
         p->outstanding++;
         return 0;
 }
@@ -473,14 +488,6 @@ int aiot__stack_get(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
         return 0;
 }
 
-static struct region *region_find(uintptr_t base)
-{
-        for (struct region *r = atomic_load(&regions); r; r = atomic_load(&r->next))
-                if (atomic_load(&r->len) && atomic_load(&r->base) == base)
-                        return r;
-        return NULL;
-}
-
 void aiot__stack_put(aiot__stack_pool *p, void *lo, size_t usable)
 {
         struct stack_hdr *h = (struct stack_hdr *)((char *)lo + usable);
@@ -494,12 +501,8 @@ void aiot__stack_put(aiot__stack_pool *p, void *lo, size_t usable)
 #endif
         p->outstanding--;
         if (usable != p->usable) {
-                char *base = (char *)lo - GUARD_SIZE;
-                struct region *r = region_find((uintptr_t)base);
-
-                if (r)
-                        region_drop(r);
-                munmap(base, GUARD_SIZE + usable + HDR_SIZE);
+                region_drop(h->region);
+                munmap((char *)lo - GUARD_SIZE, GUARD_SIZE + usable + HDR_SIZE);
                 return;
         }
         /* The pages stay: reuse is cheap, and a parked pool costs what its tasks

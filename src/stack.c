@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* Task stacks: chunked mmap, guard regions that do not split mappings, a free
- * list for reuse, and the overflow reporter.  See src/stack.h. */
+ * list for reuse, and the overflow reporter.  See src/stack.h.
+ *
+ * No step of getting or putting a stack looks at other stacks or mappings, so a
+ * spawn costs the same with a million live tasks as with none; only the fault
+ * handler walks every region, to tell a guard hit from any other SIGSEGV. */
 #include <assert.h>
 #include <errno.h>
 #include <pthread.h>

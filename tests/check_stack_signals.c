@@ -33,7 +33,9 @@
 
 enum action { RAISE_SEGV, KILL_SEGV, SIGQUEUE_SEGV, RAISE_BUS, NULL_DEREF };
 
-static volatile uintptr_t null_address = 0;
+/* Nothing maps the first page.  Not 0 itself: UBSan would stop a store through
+ * a null pointer before it faults. */
+static volatile uintptr_t null_address = 16;
 
 static void act(enum action a)
 {

@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* Task stacks: chunked mmap, guard regions that do not split mappings, a free
- * list for reuse, and the overflow reporter.  See src/stack.h. */
+ * list for reuse, and the overflow reporter.  See src/stack.h.
+ *
+ * No step of getting or putting a stack looks at other stacks or mappings, so a
+ * spawn costs the same with a million live tasks as with none; only the fault
+ * handler walks every region, to tell a guard hit from any other SIGSEGV. */
 #include <assert.h>
 #include <errno.h>
 #include <pthread.h>
@@ -10,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "macro.h"
@@ -55,6 +60,7 @@
  * the task touches first and costs no extra memory. */
 struct stack_hdr {
         struct stack_hdr *next; /* free list */
+        struct region *region;  /* a stack of its own (odd size): its region */
         unsigned vg_id;         /* valgrind's stack id while handed out */
 };
 #define HDR_SIZE 64u
@@ -63,15 +69,22 @@ _Static_assert(sizeof(struct stack_hdr) <= HDR_SIZE, "header fits");
 /* A mapping holding guarded stacks, as the fault handler sees it: slot i spans
  * [base + i * slot, + slot) and starts with its guard.  Regions are never freed,
  * only deactivated (len 0) and reused, so the handler can walk the list without a
- * lock while another thread adds or drops a region. */
+ * lock while another thread adds or drops a region.
+ *
+ * Adding and dropping must not depend on how many regions exist (a million
+ * parked tasks hold some 16 000 chunks): a dropped region goes on a free list of
+ * its own, which the next add pops.  Only the fault handler walks every region,
+ * and it runs once per process at most. */
 struct region {
-        struct region *_Atomic next;
+        struct region *_Atomic next; /* every region, walked by the handler */
+        struct region *next_free;    /* dropped ones, under regions_lock */
         _Atomic uintptr_t base;
         _Atomic size_t len;
         _Atomic size_t slot;
 };
 
 static struct region *_Atomic regions;
+static struct region *free_regions;
 static pthread_mutex_t regions_lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct chunk {
@@ -110,10 +123,11 @@ static struct region *region_add(uintptr_t base, size_t len, size_t slot)
         struct region *r;
 
         pthread_mutex_lock(&regions_lock);
-        for (r = atomic_load(&regions); r; r = atomic_load(&r->next))
-                if (atomic_load(&r->len) == 0)
-                        break;
-        if (!r) {
+        r = free_regions;
+        if (r) {
+                free_regions = r->next_free;
+                r->next_free = NULL;
+        } else {
                 r = calloc(1, sizeof(*r));
                 if (!r) {
                         pthread_mutex_unlock(&regions_lock);
@@ -133,6 +147,8 @@ static void region_drop(struct region *r)
 {
         pthread_mutex_lock(&regions_lock);
         atomic_store(&r->len, 0);
+        r->next_free = free_regions;
+        free_regions = r;
         pthread_mutex_unlock(&regions_lock);
 }
 
@@ -149,43 +165,86 @@ static int in_guard(uintptr_t a)
         return 0;
 }
 
+/* Async-signal-safe.  Never returns. */
+static void report_overflow(uintptr_t a)
+{
+        static const char pre[] = "stack overflow in task ";
+        char buf[512];
+        const char *name = aiot__stack_overflow_namer ? aiot__stack_overflow_namer() : NULL;
+        size_t n = 0, nl;
+
+        if (!name)
+                name = "?";
+        nl = strnlen(name, 256);
+        memcpy(buf, pre, sizeof(pre) - 1);
+        n += sizeof(pre) - 1;
+        memcpy(buf + n, name, nl);
+        n += nl;
+        memcpy(buf + n, " (fault at ", 11);
+        n += 11;
+        n += aiot__fmt_hex(buf + n, a);
+        memcpy(buf + n, ")\n", 2);
+        n += 2;
+        (void)!write(STDERR_FILENO, buf, n);
+        abort();
+}
+
+/* Only a fault raised by an access (si_code > 0) has a meaningful si_addr; for a
+ * signal sent with kill, raise or sigqueue (si_code <= 0) that field overlays the
+ * sender's pid and uid, which may well look like a guard address. */
+static int is_stack_overflow(const siginfo_t *si)
+{
+        return si->si_code > 0 && in_guard((uintptr_t)si->si_addr);
+}
+
+static int has_handler(const struct sigaction *sa)
+{
+        if (sa->sa_flags & SA_SIGINFO)
+                return sa->sa_sigaction != NULL;
+        return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN && sa->sa_handler != SIG_ERR;
+}
+
+/* Ends the process by sig as if no handler had been installed: with the default
+ * disposition back, the same signal (same siginfo, so a core dump records the
+ * original cause) is queued again to this thread.  It is blocked while the
+ * handler runs and is delivered as soon as the handler returns, with the
+ * interrupted context restored, before a faulting access would even re-run. */
+static void die_by_default(int sig, siginfo_t *si)
+{
+        struct sigaction dfl;
+
+        memset(&dfl, 0, sizeof(dfl));
+        dfl.sa_handler = SIG_DFL;
+        sigemptyset(&dfl.sa_mask);
+        sigaction(sig, &dfl, NULL);
+#ifdef SYS_rt_tgsigqueueinfo
+        if (syscall(SYS_rt_tgsigqueueinfo, getpid(), (pid_t)syscall(SYS_gettid), sig, si) == 0)
+                return;
+#else
+        (void)si;
+#endif
+        raise(sig);
+}
+
 static void on_fault(int sig, siginfo_t *si, void *uc)
 {
-        uintptr_t a = (uintptr_t)si->si_addr;
         struct sigaction *old = sig == SIGBUS ? &old_bus : &old_segv;
 
-        if (in_guard(a)) {
-                static const char pre[] = "stack overflow in task ";
-                char buf[512];
-                const char *name = aiot__stack_overflow_namer ? aiot__stack_overflow_namer() : NULL;
-                size_t n = 0, nl;
-
-                if (!name)
-                        name = "?";
-                nl = strnlen(name, 256);
-                memcpy(buf, pre, sizeof(pre) - 1);
-                n += sizeof(pre) - 1;
-                memcpy(buf + n, name, nl);
-                n += nl;
-                memcpy(buf + n, " (fault at ", 11);
-                n += 11;
-                n += aiot__fmt_hex(buf + n, a);
-                memcpy(buf + n, ")\n", 2);
-                n += 2;
-                (void)!write(STDERR_FILENO, buf, n);
-                abort();
-        }
-        /* Not ours: let the fault take its normal course.  With the default
-         * disposition back in place, returning re-executes the faulting access. */
-        if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) {
-                old->sa_sigaction(sig, si, uc);
+        if (is_stack_overflow(si))
+                report_overflow((uintptr_t)si->si_addr);
+        /* Not ours: whoever handled the signal before us (ASan, say) gets it. */
+        if (has_handler(old)) {
+                if (old->sa_flags & SA_SIGINFO)
+                        old->sa_sigaction(sig, si, uc);
+                else
+                        old->sa_handler(sig);
                 return;
         }
-        if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN && old->sa_handler != SIG_ERR) {
-                old->sa_handler(sig);
+        /* An ignored signal that was sent stays ignored; a real fault cannot be
+         * ignored (the kernel would have forced the default). */
+        if (old->sa_handler == SIG_IGN && !(old->sa_flags & SA_SIGINFO) && si->si_code <= 0)
                 return;
-        }
-        signal(sig, SIG_DFL);
+        die_by_default(sig, si);
 }
 
 static int altstack_ensure(void)
@@ -368,6 +427,7 @@ static int chunk_add(aiot__stack_pool *p)
 static void stack_handout(struct stack_hdr *h, void *lo, size_t usable)
 {
         h->next = NULL;
+        h->region = NULL;
         h->vg_id = VALGRIND_STACK_REGISTER(lo, (char *)lo + usable);
         VALGRIND_MAKE_MEM_UNDEFINED(lo, usable);
 }
@@ -375,20 +435,23 @@ static void stack_handout(struct stack_hdr *h, void *lo, size_t usable)
 static int stack_get_odd(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
 {
         size_t len = GUARD_SIZE + round_up(size + HDR_SIZE, page_size);
+        struct stack_hdr *h;
+        struct region *region;
         char *base;
-        int r;
 
         base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (base == MAP_FAILED)
                 return -ENOMEM;
-        r = guard_install(base);
-        if (r < 0 || !region_add((uintptr_t)base, len, len)) {
+        if (guard_install(base) < 0 || !(region = region_add((uintptr_t)base, len, len))) {
                 munmap(base, len);
                 return -ENOMEM;
         }
         *lo = base + GUARD_SIZE;
         *usable = len - GUARD_SIZE - HDR_SIZE;
-        stack_handout((struct stack_hdr *)(base + len - HDR_SIZE), *lo, *usable);
+        h = (struct stack_hdr *)(base + len - HDR_SIZE);
+        stack_handout(h, *lo, *usable);
+        /* Kept in the header, so put finds the region without a search. */
+        h->region = region;
         p->outstanding++;
         return 0;
 }
@@ -429,14 +492,6 @@ int aiot__stack_get(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
         return 0;
 }
 
-static struct region *region_find(uintptr_t base)
-{
-        for (struct region *r = atomic_load(&regions); r; r = atomic_load(&r->next))
-                if (atomic_load(&r->len) && atomic_load(&r->base) == base)
-                        return r;
-        return NULL;
-}
-
 void aiot__stack_put(aiot__stack_pool *p, void *lo, size_t usable)
 {
         struct stack_hdr *h = (struct stack_hdr *)((char *)lo + usable);
@@ -450,12 +505,8 @@ void aiot__stack_put(aiot__stack_pool *p, void *lo, size_t usable)
 #endif
         p->outstanding--;
         if (usable != p->usable) {
-                char *base = (char *)lo - GUARD_SIZE;
-                struct region *r = region_find((uintptr_t)base);
-
-                if (r)
-                        region_drop(r);
-                munmap(base, GUARD_SIZE + usable + HDR_SIZE);
+                region_drop(h->region);
+                munmap((char *)lo - GUARD_SIZE, GUARD_SIZE + usable + HDR_SIZE);
                 return;
         }
         /* The pages stay: reuse is cheap, and a parked pool costs what its tasks

@@ -14,7 +14,10 @@
  * aiot__stack_get() of that size reuses it.
  *
  * Touching a guard prints "stack overflow in task NAME (fault at ADDR)" to stderr
- * and aborts; see aiot__stack_overflow_namer. */
+ * and aborts; see aiot__stack_overflow_namer.  Every other SIGSEGV or SIGBUS (a
+ * fault outside the guards, or one sent with kill, raise or sigqueue) goes to the
+ * handler installed before the reporter if there was one, and otherwise ends the
+ * process by that signal, as it would without the reporter (core dump included). */
 #ifndef AIOT_STACK_H
 #define AIOT_STACK_H
 

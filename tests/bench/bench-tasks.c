@@ -5,11 +5,20 @@
  *   swapcontext_ns         glibc swapcontext ping-pong, one switch (the yardstick)
  *   switch_ns              one task-to-task switch: two tasks ping-pong via aiot_yield
  *   spawn_join_ns          aiot_spawn + aiot_join of a task that returns at once
- *   cancel_and_wait_ns     aiot_cancel_and_wait of a task parked on an event
+ *   cancel_and_wait_ns     aiot_cancel_and_wait of a task parked on an event, cold:
+ *                          10 000 parked targets cancelled one after the other
+ *   cancel_and_wait_hot_ns the same with one target, parked and cancelled again and
+ *                          again (its task and stack stay in the caches)
  *   timer_arm_cancel_ns    arming + disarming one runtime timer (a deadline scope)
  *                          with 1 000 000 others armed
  *   parked_task_rss_bytes  RSS growth per task with 1 000 000 tasks parked on an event
+ *   spawn_live_1k_ns       spawn_join_ns with 1000 other tasks parked on an event;
+ *   spawn_live_100k_ns     with 100 000; with 1 000 000 (levels above -p are
+ *   spawn_live_1m_ns       skipped).  A spawn should cost the same at any level.
  *   sleep_wakeup_ns        aiot_sleep to wake-up, on the virtual clock, 1000 sleepers
+ *
+ * Every time figure NAME_ns is followed by NAME_ratio, the figure divided by
+ * swapcontext_ns of the same run, so that runs on different machines compare.
  *
  *   bench-tasks [-n ITERATIONS] [-p PARKED] [-t TIMERS]
  *
@@ -29,6 +38,8 @@
 static long n_iter = 2000000;
 static long n_parked = 1000000;
 static long n_timers = 1000000;
+/* The yardstick every time figure is divided by; measured first. */
+static double swapcontext_ns;
 
 static double now(void)
 {
@@ -38,9 +49,15 @@ static double now(void)
         return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Prints NAME VALUE UNIT and, for a time NAME_ns, also NAME_ratio against
+ * swapcontext_ns (three digits: the goals are fractions like 1/16). */
 static void figure(const char *name, double v, const char *unit)
 {
+        size_t len = strlen(name);
+
         printf("figure: %s %.1f %s\n", name, v, unit);
+        if (swapcontext_ns > 0 && strcmp(unit, "ns") == 0 && len > 3 && strcmp(name + len - 3, "_ns") == 0)
+                printf("figure: %.*s_ratio %.3f x\n", (int)(len - 3), name, v / swapcontext_ns);
         fflush(stdout);
 }
 
@@ -64,7 +81,7 @@ static void bench_swapcontext(void)
 {
         static char stack[64 * 1024];
         long rounds = n_iter / 4;
-        double t0;
+        double t0, ns;
 
         getcontext(&uc_task);
         uc_task.uc_stack.ss_sp = stack;
@@ -74,7 +91,9 @@ static void bench_swapcontext(void)
         t0 = now();
         for (long i = 0; i < rounds; i++)
                 swapcontext(&uc_main, &uc_task);
-        figure("swapcontext_ns", (now() - t0) * 1e9 / (double)(2 * rounds), "ns");
+        ns = (now() - t0) * 1e9 / (double)(2 * rounds);
+        figure("swapcontext_ns", ns, "ns");
+        swapcontext_ns = ns;
 }
 
 /* ---------------------------------------------------------------- tasks */
@@ -123,12 +142,13 @@ static void bench_switch(void)
         figure("switch_ns", (now() - t0) * 1e9 / (double)(2 * n), "ns");
 }
 
-static void bench_spawn_join(void)
+/* Nanoseconds per aiot_spawn + aiot_join of a task that returns at once. */
+static double spawn_join_loop(long n)
 {
         aiot_scope *s = scope_open();
-        double t0 = now();
+        double t0 = now(), ns;
 
-        for (long i = 0; i < n_iter; i++) {
+        for (long i = 0; i < n; i++) {
                 aiot_task *t;
                 int r = aiot_spawn(s, noop, NULL, &t);
 
@@ -136,8 +156,14 @@ static void bench_spawn_join(void)
                         fail("aiot_spawn", r);
                 aiot_join(t, NULL);
         }
-        figure("spawn_join_ns", (now() - t0) * 1e9 / (double)n_iter, "ns");
+        ns = (now() - t0) * 1e9 / (double)n;
         aiot_scope_close(s);
+        return ns;
+}
+
+static void bench_spawn_join(void)
+{
+        figure("spawn_join_ns", spawn_join_loop(n_iter), "ns");
 }
 
 static void bench_cancel_and_wait(void)
@@ -169,6 +195,45 @@ static void bench_cancel_and_wait(void)
         }
         aiot_event_free(ev);
         figure("cancel_and_wait_ns", total * 1e9 / (double)done, "ns");
+}
+
+/* What one now() costs, to take it out of figures timed one operation at a time. */
+static double clock_cost(void)
+{
+        enum { N = 100000 };
+        double t0 = now();
+
+        for (int i = 0; i < N; i++)
+                (void)now();
+        return (now() - t0) / N;
+}
+
+/* One target at a time: spawned, parked (not timed), then cancelled and waited
+ * for (timed).  The same task memory and stack come back each round, so this is
+ * the operation's own cost with nothing to fetch from memory. */
+static void bench_cancel_and_wait_hot(void)
+{
+        aiot_scope *s = scope_open();
+        long rounds = n_iter / 2;
+        double total = 0, overhead = clock_cost();
+        aiot_event *ev;
+
+        aiot_event_new(&ev);
+        for (long i = 0; i < rounds; i++) {
+                aiot_task *t;
+                double t0;
+                int r = aiot_spawn(s, wait_event, ev, &t);
+
+                if (r < 0)
+                        fail("aiot_spawn", r);
+                aiot_yield(); /* the target runs and parks */
+                t0 = now();
+                aiot_cancel_and_wait(t);
+                total += now() - t0 - overhead;
+        }
+        aiot_scope_close(s);
+        aiot_event_free(ev);
+        figure("cancel_and_wait_hot_ns", total * 1e9 / (double)rounds, "ns");
 }
 
 static uint64_t rng = 88172645463325252ull;
@@ -247,6 +312,39 @@ static void bench_parked(void)
         aiot_event_free(ev);
 }
 
+/* spawn_join_ns again with many other tasks live (parked on an event), at each
+ * level up to -p.  Runs after bench_parked, so the parked tasks' stacks come from
+ * the pool; what is measured is whether a spawn slows down with live tasks. */
+static void bench_spawn_live(void)
+{
+        static const struct {
+                long n;
+                const char *name;
+        } levels[] = {
+                {1000, "spawn_live_1k_ns"},
+                {100000, "spawn_live_100k_ns"},
+                {1000000, "spawn_live_1m_ns"},
+        };
+        aiot_scope *s = scope_open();
+        long live = 0, rounds = n_iter / 2;
+        aiot_event *ev;
+
+        aiot_event_new(&ev);
+        for (size_t k = 0; k < sizeof(levels) / sizeof(levels[0]) && levels[k].n <= n_parked; k++) {
+                for (; live < levels[k].n; live++) {
+                        int r = aiot_spawn(s, wait_event, ev, NULL);
+
+                        if (r < 0)
+                                fail("aiot_spawn", r);
+                }
+                aiot_yield(); /* the new ones run and park */
+                figure(levels[k].name, spawn_join_loop(rounds), "ns");
+        }
+        aiot_event_set(ev);
+        aiot_scope_close(s);
+        aiot_event_free(ev);
+}
+
 static int sleeper(void *arg)
 {
         long n = *(long *)arg;
@@ -277,8 +375,10 @@ static int bench_main(void *arg)
         bench_switch();
         bench_spawn_join();
         bench_cancel_and_wait();
+        bench_cancel_and_wait_hot();
         bench_timers();
         bench_parked();
+        bench_spawn_live();
         return 0;
 }
 

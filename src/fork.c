@@ -6,7 +6,6 @@
  * child has an ev_cleanup watcher, which libev runs inside ev_loop_destroy(),
  * and which detaches that child from the loop (see child_loop_gone()).  So no
  * module that owns a loop needs to tell this one that it goes. */
-#include "config.h"
 
 #include <errno.h>
 #include <ev.h>

@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* Leveled logging to stderr: one write(2) per line, journal-aware. */
-#include "config.h"
 
 #include <errno.h>
 #include <stdio.h>

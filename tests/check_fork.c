@@ -4,7 +4,6 @@
  * iteration 1 forces the SIGCHLD fallback with AIOTOOLS_NO_PIDFD=1.  make check
  * runs this program a second time under tests/nopidfd, where both iterations
  * take the fallback because the kernel "lacks" pidfd. */
-#include "config.h"
 
 #include <check.h>
 #include <dirent.h>

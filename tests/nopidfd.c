@@ -6,7 +6,6 @@
  * idtype P_PIDFD fail with EINVAL: exactly what such a kernel answers.  make
  * check runs every Check suite a second time under it, so that the fork
  * module's SIGCHLD fallback is proven, not assumed. */
-#include "config.h"
 
 #include <errno.h>
 #include <seccomp.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Task stacks: chunked mmap, guard regions that do not split mappings, a free
- * list for reuse, and the overflow reporter.  See src/stack.h.
+ * list for reuse, and the overflow reporter.  See src/runtime/stack.h.
  *
  * No step of getting or putting a stack looks at other stacks or mappings, so a
  * spawn costs the same with a million live tasks as with none; only the fault

@@ -493,6 +493,9 @@ struct caw_outer {
         aiot_task *waiter;
         int target_cleanup_done;
         int waiter_rc;
+        int cleanup_done_at_return; /* what the waiter saw when its call returned */
+        double returned_at;
+        double deadline;            /* > 0: the waiter waits inside this deadline */
 };
 
 /* A target whose cancellation takes time: cleanup in a shield sleeps 10 s. */
@@ -512,14 +515,25 @@ static int slow_target(void *arg)
 static int caw_waiter(void *arg)
 {
         struct caw_outer *c = arg;
+        aiot_deadline d;
 
+        if (c->deadline > 0)
+                ck_assert_int_eq(aiot_deadline_begin(&d, c->deadline), 0);
         c->waiter_rc = aiot_cancel_and_wait(c->target);
-        ck_assert_int_eq(aiot_checkpoint(), -ECANCELED);
+        c->cleanup_done_at_return = c->target_cleanup_done;
+        c->returned_at = aiot_now();
+        if (c->deadline > 0)
+                ck_assert_int_eq(aiot_deadline_end(&d), 1);
+        else
+                ck_assert_int_eq(aiot_checkpoint(), -ECANCELED);
         return c->waiter_rc;
 }
 
-/* The caller is cancelled by another task while waiting: -ECANCELED; the target
- * stays cancelled and its scope still waits for it. */
+/* The caller is cancelled by another task (or its deadline passes) while it
+ * waits: it still returns only once the target's shielded cleanup has run and
+ * the target has ended, then reports its own -ECANCELED (-ETIMEDOUT), as
+ * aiotools' cancel_and_wait does ("it will return after the shielded block
+ * completes").  The handle is released. */
 static int caw_outer_main(void *arg)
 {
         struct caw_outer *c = arg;
@@ -530,14 +544,13 @@ static int caw_outer_main(void *arg)
         ck_assert_int_eq(aiot_spawn(s, caw_waiter, c, &c->waiter), 0);
         ck_assert_int_eq(aiot_sleep(1), 0);
         ck_assert_int_eq(aiot_cancelling(c->target), 1);
-        ck_assert_int_eq(aiot_cancel(c->waiter), 0);
+        if (c->deadline <= 0)
+                ck_assert_int_eq(aiot_cancel(c->waiter), 0);
         ck_assert_int_eq(aiot_join(c->waiter, NULL), 0);
-        ck_assert_int_eq(c->waiter_rc, -ECANCELED);
-        ck_assert_int_eq(c->target_cleanup_done, 0);
-        ck_assert_int_eq(aiot_task_done(c->target), 0);
+        ck_assert_int_eq(c->waiter_rc, c->deadline > 0 ? -ETIMEDOUT : -ECANCELED);
+        ck_assert_int_eq(c->cleanup_done_at_return, 1);
+        ck_assert(c->returned_at - t0 >= 10 - 1e-6);
         ck_assert_int_eq(aiot_scope_close(s), 0);
-        ck_assert_int_eq(c->target_cleanup_done, 1);
-        ck_assert(aiot_now() - t0 >= 10 - 1e-6);
         return 0;
 }
 
@@ -546,6 +559,49 @@ START_TEST(test_caw_caller_cancelled)
         struct caw_outer c = { 0 };
 
         ck_assert_int_eq(run(caw_outer_main, &c, 1), 0);
+}
+END_TEST
+
+START_TEST(test_caw_caller_deadline)
+{
+        struct caw_outer c = { .deadline = 0.5 };
+
+        ck_assert_int_eq(run(caw_outer_main, &c, 1), 0);
+}
+END_TEST
+
+/* A caller that is already cancelled when it calls still cancels the target
+ * and waits for its end. */
+static int caw_precancelled_waiter(void *arg)
+{
+        struct caw_outer *c = arg;
+
+        ck_assert_int_eq(aiot_checkpoint(), -ECANCELED);
+        c->waiter_rc = aiot_cancel_and_wait(c->target);
+        c->cleanup_done_at_return = c->target_cleanup_done;
+        return 0;
+}
+
+static int caw_precancelled_main(void *arg)
+{
+        struct caw_outer *c = arg;
+        aiot_scope *s = open_scope();
+
+        ck_assert_int_eq(aiot_spawn(s, slow_target, c, &c->target), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(aiot_spawn(s, caw_precancelled_waiter, c, &c->waiter), 0);
+        ck_assert_int_eq(aiot_cancel(c->waiter), 0);
+        ck_assert_int_eq(aiot_join(c->waiter, NULL), 0);
+        ck_assert_int_eq(c->waiter_rc, -ECANCELED);
+        ck_assert_int_eq(c->cleanup_done_at_return, 1);
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_caw_precancelled_caller)
+{
+        struct caw_outer c = { 0 };
+
+        ck_assert_int_eq(run(caw_precancelled_main, &c, 1), 0);
 }
 END_TEST
 
@@ -1111,42 +1167,42 @@ START_TEST(test_raw_libev_watchers_beside_tasks)
 END_TEST
 
 
-/* The caller is cancelled while waiting for a set: nothing is released, every
- * target stays cancelled and the scope still waits for them. */
+/* The caller is cancelled while waiting for a set: it returns -ECANCELED only
+ * once every target has ended (shielded cleanups included), with their results
+ * stored and their handles released. */
 struct caw_set_outer {
         aiot_task *ts[2];
         int rc;
+        int res[2];
+        struct caw_outer c[2];
+        int cleanups_at_return;
 };
 
-static int caw_set_waiter(void *arg)
+static int caw_set_waiter_res(void *arg)
 {
         struct caw_set_outer *o = arg;
 
-        o->rc = aiot_cancel_and_wait_all(o->ts, 2, NULL);
+        o->rc = aiot_cancel_and_wait_all(o->ts, 2, o->res);
+        o->cleanups_at_return = o->c[0].target_cleanup_done + o->c[1].target_cleanup_done;
         return o->rc;
 }
 
 static int caw_set_outer_main(void *arg)
 {
-        struct caw_outer c[2] = { { 0 }, { 0 } };
-        struct caw_set_outer o = { .rc = 1 };
+        struct caw_set_outer o = { .rc = 1, .res = { 1, 1 } };
         aiot_scope *s = open_scope();
         aiot_task *w;
-        int res = 0;
 
-        ck_assert_int_eq(aiot_spawn(s, slow_target, &c[0], &o.ts[0]), 0);
-        ck_assert_int_eq(aiot_spawn(s, slow_target, &c[1], &o.ts[1]), 0);
-        ck_assert_int_eq(aiot_spawn(s, caw_set_waiter, &o, &w), 0);
+        ck_assert_int_eq(aiot_spawn(s, slow_target, &o.c[0], &o.ts[0]), 0);
+        ck_assert_int_eq(aiot_spawn(s, slow_target, &o.c[1], &o.ts[1]), 0);
+        ck_assert_int_eq(aiot_spawn(s, caw_set_waiter_res, &o, &w), 0);
         ck_assert_int_eq(aiot_sleep(1), 0);
         ck_assert_int_eq(aiot_cancel(w), 0);
         ck_assert_int_eq(aiot_join(w, NULL), 0);
         ck_assert_int_eq(o.rc, -ECANCELED);
-        /* The handles are still valid: join them. */
-        ck_assert_int_eq(aiot_join(o.ts[0], &res), 0);
-        ck_assert_int_eq(res, -ECANCELED);
-        ck_assert_int_eq(c[0].target_cleanup_done, 1);
-        ck_assert_int_eq(aiot_task_done(o.ts[1]), 1);
-        ck_assert_int_eq(c[1].target_cleanup_done, 1);
+        ck_assert_int_eq(o.cleanups_at_return, 2);
+        ck_assert_int_eq(o.res[0], -ECANCELED);
+        ck_assert_int_eq(o.res[1], -ECANCELED);
         return aiot_scope_close(s);
 }
 
@@ -1340,8 +1396,10 @@ static int fork_from_task(void *arg)
         return WEXITSTATUS(st);
 }
 
-/* A second join of a task that ended while a first joiner waited (woken, not
- * yet run) is refused: the first joiner frees the handle when it runs. */
+/* Any number of tasks may wait for one task, as in asyncio: each sees its
+ * result.  A join of a task that ended while an earlier joiner was woken but
+ * has not run yet also succeeds; the handle stays valid until the last waiter
+ * has returned. */
 static aiot_task *dj_target;
 static int dj_res_a = -1;
 
@@ -1368,18 +1426,98 @@ static int double_join_main(void *arg)
         while (!aiot_task_done(dj_target))
                 ck_assert_int_eq(aiot_yield(), 0);
         ck_assert_int_eq(dj_res_a, -1); /* the joiner has not run yet */
-        ck_assert_int_eq(aiot_join(dj_target, &res), -EBUSY);
-        ck_assert_int_eq(aiot_cancel_and_wait(dj_target), -EBUSY);
-        ck_assert_int_eq(aiot_cancel_and_wait_all(&dj_target, 1, NULL), -EBUSY);
-        ck_assert_int_eq(res, -1);
+        ck_assert_int_eq(aiot_join(dj_target, &res), 0);
+        ck_assert_int_eq(res, 42);
+        /* The first joiner is still inside its call: the handle is valid. */
+        ck_assert_int_eq(aiot_task_done(dj_target), 1);
+        ck_assert_int_eq(aiot_task_result(dj_target, &res), 0);
         ck_assert_int_eq(aiot_scope_close(s), 0);
         ck_assert_int_eq(dj_res_a, 42);
         return 0;
 }
 
-START_TEST(test_join_of_ended_task_with_joiner_is_busy)
+START_TEST(test_join_of_ended_task_with_joiner)
 {
         ck_assert_int_eq(run(double_join_main, NULL, 0), 0);
+}
+END_TEST
+
+/* Five waiters of one task: three joins see its result; a join interrupted by
+ * its deadline leaves (the others wait on); a cancel_and_wait that comes last
+ * cancels the target, and every waiter still parked then sees -ECANCELED. */
+struct mw {
+        aiot_task *target;
+        int rc[5], res[5];
+        double deadline[5];
+        int done;
+};
+
+static struct mw *mw_of;
+
+static int mw_target(void *arg)
+{
+        return aiot_sleep(*(double *)arg) == 0 ? 7 : -ECANCELED;
+}
+
+static int mw_joiner(void *arg)
+{
+        int i = (int)(intptr_t)arg;
+        aiot_deadline d;
+
+        if (mw_of->deadline[i] > 0)
+                ck_assert_int_eq(aiot_deadline_begin(&d, mw_of->deadline[i]), 0);
+        mw_of->rc[i] = aiot_join(mw_of->target, &mw_of->res[i]);
+        if (mw_of->deadline[i] > 0)
+                aiot_deadline_end(&d);
+        mw_of->done++;
+        return 0;
+}
+
+static int many_waiters_main(void *arg)
+{
+        struct mw m = { .res = { -1, -1, -1, -1, -1 }, .deadline = { 0, 0, 0, 0.5, 0 } };
+        aiot_scope *s = open_scope();
+        double len = 2;
+
+        mw_of = &m;
+        ck_assert_int_eq(aiot_spawn(s, mw_target, &len, &m.target), 0);
+        for (int i = 0; i < 4; i++)
+                ck_assert_int_eq(aiot_spawn(s, mw_joiner, (void *)(intptr_t)i, NULL), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        /* The one with a deadline has left, the target runs on. */
+        ck_assert_int_eq(m.done, 1);
+        ck_assert_int_eq(m.rc[3], -ETIMEDOUT);
+        ck_assert_int_eq(m.res[3], -1);
+        ck_assert_int_eq(aiot_task_done(m.target), 0);
+        ck_assert_int_eq(aiot_sleep(2), 0);
+        ck_assert_int_eq(m.done, 4);
+        for (int i = 0; i < 3; i++) {
+                ck_assert_int_eq(m.rc[i], 0);
+                ck_assert_int_eq(m.res[i], 7);
+        }
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+
+        /* Joiners, then a cancel_and_wait: all of them see the cancellation. */
+        s = open_scope();
+        m = (struct mw){ .res = { -1, -1, -1, -1, -1 } };
+        len = 1e9;
+        ck_assert_int_eq(aiot_spawn(s, mw_target, &len, &m.target), 0);
+        for (int i = 0; i < 3; i++)
+                ck_assert_int_eq(aiot_spawn(s, mw_joiner, (void *)(intptr_t)i, NULL), 0);
+        ck_assert_int_eq(aiot_sleep(1), 0);
+        ck_assert_int_eq(aiot_cancel_and_wait(m.target), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        ck_assert_int_eq(m.done, 3);
+        for (int i = 0; i < 3; i++) {
+                ck_assert_int_eq(m.rc[i], 0);
+                ck_assert_int_eq(m.res[i], -ECANCELED);
+        }
+        return aiot_scope_close(s);
+}
+
+START_TEST(test_many_waiters)
+{
+        ck_assert_int_eq(run(many_waiters_main, NULL, 1), 0);
 }
 END_TEST
 
@@ -1637,7 +1775,8 @@ static Suite *task_suite(void)
 
         tc = area_case(s, "task");
         tcase_add_test(tc, test_spawn_join);
-        tcase_add_test(tc, test_join_of_ended_task_with_joiner_is_busy);
+        tcase_add_test(tc, test_join_of_ended_task_with_joiner);
+        tcase_add_test(tc, test_many_waiters);
         tcase_add_test(tc, test_join_self_is_edeadlk);
         tcase_add_test(tc, test_100k_spawn_join);
         tcase_add_test(tc, test_spawn_stack_size);
@@ -1655,6 +1794,8 @@ static Suite *task_suite(void)
         tcase_add_test(tc, test_caw_finished_noop);
         tcase_add_test(tc, test_caw_absorbs_target_cancellation);
         tcase_add_test(tc, test_caw_caller_cancelled);
+        tcase_add_test(tc, test_caw_caller_deadline);
+        tcase_add_test(tc, test_caw_precancelled_caller);
         tcase_add_test(tc, test_caw_waits_out_shielded_cleanup);
         tcase_add_test(tc, test_caw_set_with_failure);
         tcase_add_test(tc, test_caw_set_caller_cancelled);

@@ -4,9 +4,11 @@
  *
  * Ownership in one paragraph: a loop owns its tasks and its libev loop.  A task is
  * spawned into a scope (scope.h) and owned by it.  Asking aiot_spawn() for a handle
- * makes the handle valid until the task is joined (aiot_join(), or
- * aiot_cancel_and_wait() returning 0) or its scope closes, whichever comes first;
- * a task spawned without a handle is freed as soon as it ends.  The handle that
+ * makes the handle valid until it is released or the task's scope closes,
+ * whichever comes first.  Any number of tasks may wait for one (aiot_join(),
+ * aiot_cancel_and_wait()); the last of them to return after the task has ended
+ * releases the handle.  A task spawned without a handle is freed as soon as it
+ * ends.  The handle that
  * aiot_current() returns is valid while that task runs.
  *
  * Times are seconds as double on the loop's clock (monotonic, or virtual). */
@@ -79,10 +81,10 @@ int aiot_spawn_opts(aiot_scope *s, aiot_task_fn fn, void *arg, const struct aiot
                     aiot_task **ret);
 
 /* Waits for t to end, stores its result in *result (may be NULL) and releases
- * the handle.  Returns 0; -ECANCELED / -ETIMEDOUT when the caller is
- * interrupted (t keeps running and the handle stays valid); -EDEADLK when t is
- * the caller; -EBUSY when another task already waits for t (also once t has
- * ended: that task frees the handle); -EINVAL. */
+ * the handle (when no other task still waits for t).  Any number of tasks may
+ * join one.  Returns 0; -ECANCELED / -ETIMEDOUT when the caller is interrupted
+ * (t keeps running and the handle stays valid); -EDEADLK when t is the caller;
+ * -EINVAL; -EPERM outside a task. */
 int aiot_join(aiot_task *t, int *result);
 
 /* 1 once t has ended, 0 while it runs (also 0 for NULL). */
@@ -105,19 +107,19 @@ int aiot_cancel(aiot_task *t);
 /* The number of cancellation requests t has received (0 for NULL). */
 int aiot_cancelling(const aiot_task *t);
 
-/* Cancels t and waits until it has ended, then releases the handle.  The target's
- * cancellation is absorbed: returns 0 however t ended (its result is gone with the
- * handle; use aiot_cancel() + aiot_join() to see it).  Returns -ECANCELED /
- * -ETIMEDOUT when the caller itself is cancelled or hits a deadline while waiting:
- * t stays cancelled, keeps running towards its end and is waited for by its scope
- * (the handle stays valid).  -EDEADLK when t is the caller, -EBUSY when another task
- * already waits for t, -EINVAL. */
+/* Cancels t and waits until it has ended, then releases the handle (when no
+ * other task still waits for t).  The target's cancellation is absorbed: returns 0
+ * however t ended (use aiot_cancel() + aiot_join() to see its result).  When the
+ * caller itself is cancelled (before or during the call) or hits a deadline, it
+ * still waits until t has ended, shielded cleanup included, then returns its own
+ * -ECANCELED / -ETIMEDOUT.  Whatever it returns but -EDEADLK (t is the caller),
+ * -EINVAL and -EPERM, t has ended. */
 int aiot_cancel_and_wait(aiot_task *t);
 
 /* The same for a set of n distinct tasks: cancels all, waits for all, stores each
  * result in results[i] (may be NULL) and releases every handle, only once all have
- * ended.  On -ECANCELED / -ETIMEDOUT no handle is released.  -EINVAL also for
- * duplicates in ts; -EDEADLK / -EBUSY as above, for any of them, before anything
+ * ended, also when it then returns the caller's -ECANCELED / -ETIMEDOUT.  -EINVAL
+ * also for duplicates in ts; -EDEADLK as above, for any of them, before anything
  * is cancelled. */
 int aiot_cancel_and_wait_all(aiot_task *const ts[], size_t n, int results[]);
 

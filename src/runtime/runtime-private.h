@@ -110,6 +110,13 @@ enum aiot__task_state {
         AIOT__T_DONE,
 };
 
+/* A task waiting for another to end (join, cancel_and_wait): on the waiting
+ * task's stack, linked into the target's list while it is parked there. */
+struct aiot__join_wait {
+        aiot_task *task;
+        struct aiot__join_wait *next, **pprev;
+};
+
 struct aiot__defer {
         struct aiot__defer *next;
         void (*fn)(void *arg);
@@ -134,7 +141,9 @@ struct aiot_task {
         struct aiot__deadline *deadlines; /* innermost first */
         aiot__unpark_fn unpark;
         void *unpark_arg;
-        aiot_task *joiner;
+        struct aiot__join_wait *waiters; /* parked until this task ends */
+        unsigned n_waiting;     /* tasks inside a wait for this one (parked, or woken
+                                   and not yet returned): the last one releases it */
         struct aiot__defer *defers;
         aiot_scope *scope;      /* NULL for the root, or once the scope closed */
         aiot_task *sc_prev, *sc_next;
@@ -182,7 +191,6 @@ int aiot__task_new(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size,
                    aiot_task **ret);
 void aiot__task_free(aiot_task *t);
 void aiot__interrupt(aiot_task *t, int rc);  /* a cancellation or deadline reaches t */
-int aiot__task_wait(aiot_task *t, int intr); /* joiner wait; 0 or -ECANCELED/-ETIMEDOUT */
 
 /* scope.c */
 int aiot__scope_child_done(aiot_task *t);        /* in the ending child (t->scope set),

@@ -258,8 +258,8 @@ int aiot_scope_close(aiot_scope *s)
                 aiot_task *t = s->children;
 
                 child_unlink(t);
-                /* A task being joined is freed by its joiner. */
-                if (!t->joiner)
+                /* A task being waited for is freed by its last waiter. */
+                if (!t->n_waiting)
                         aiot__task_free(t);
         }
         if (aiot__task_cancelled(host))

@@ -78,7 +78,8 @@ int aiot__task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_si
         t->deadlines = NULL;
         t->unpark = NULL;
         t->unpark_arg = NULL;
-        t->joiner = NULL;
+        t->waiters = NULL;
+        t->n_waiting = 0;
         t->defers = NULL;
         t->scope = NULL;
         t->sc_prev = t->sc_next = NULL;
@@ -168,12 +169,15 @@ static void task_finish(aiot_task *t, int rc)
                 aiot__scope_child_ended(t);
         }
         t->state = AIOT__T_DONE;
-        if (t->joiner)
-                aiot__wake(t->joiner, 0);
+        /* A woken waiter runs only after this task's final switch, so its node
+         * (on its stack) is still there to read the next one from. */
+        for (struct aiot__join_wait *w = t->waiters; w; w = w->next)
+                aiot__wake(w->task, 0);
+        t->waiters = NULL;
 
         l->zombie_lo = t->stack_lo;
         l->zombie_size = t->stack_size;
-        if (!t->has_handle && !t->joiner && !t->is_root)
+        if (!t->has_handle && !t->n_waiting && !t->is_root)
                 task_release(t);
 
         /* Nothing below may touch t: it may be reused by the next spawn.  Not
@@ -404,38 +408,73 @@ void aiot_shield_end(void)
                 deliver_cancel(t);
 }
 
+/* Waiting for a task to end.  Any number of tasks may wait for one: each
+ * counts itself in t->n_waiting for the whole of its call, and parks on a node
+ * of its own stack in t->waiters.  The handle stays valid while any of them is
+ * inside its call; the last one to return after t has ended releases it (or the
+ * scope does, at its close, when nobody waits). */
+
 static void join_unpark(aiot_task *self, void *arg)
 {
-        aiot_task *t = arg;
+        struct aiot__join_wait *w = arg;
 
-        if (t->joiner == self)
-                t->joiner = NULL;
+        *w->pprev = w->next;
+        if (w->next)
+                w->next->pprev = w->pprev;
 }
 
-AIOT_INLINE int task_wait(aiot_task *t, int intr)
+AIOT_INLINE void join_link(aiot_task *t, struct aiot__join_wait *w, aiot_task *self)
+{
+        w->task = self;
+        w->next = t->waiters;
+        if (w->next)
+                w->next->pprev = &w->next;
+        w->pprev = &t->waiters;
+        t->waiters = w;
+}
+
+/* Parks the caller until t ends.  With interruptible, a cancellation or deadline
+ * of the caller ends the wait with -ECANCELED / -ETIMEDOUT while t runs on
+ * (join).  Without, such an interruption is remembered and the wait goes on
+ * uninterruptibly: it returns only once t has ended, with the caller's first
+ * -ECANCELED / -ETIMEDOUT, or 0 (cancel_and_wait).  The node lives on this
+ * frame: t's end or the unpark hook takes it off the list before we return,
+ * which GCC cannot see. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+#endif
+AIOT_INLINE int task_wait(aiot_task *t, int interruptible)
 {
         aiot_loop *l = aiot__tls_loop;
         aiot_task *self = l->pub.current;
-        int r;
+        struct aiot__join_wait w;
+        int rc = 0;
 
-        if (t->state == AIOT__T_DONE)
-                return 0;
-        if (t->joiner && t->joiner != self)
-                return -EBUSY;
-        t->joiner = self;
-        r = intr ? park_intr(l, self, join_unpark, t) : aiot__park_nointr();
-        if (r < 0) {
-                if (t->joiner == self)
-                        t->joiner = NULL;
-                return r;
+        while (t->state != AIOT__T_DONE) {
+                int r = rc ? 0 : aiot__task_check(self);
+
+                if (r == 0) {
+                        join_link(t, &w, self);
+                        r = rc ? aiot__park_nointr() : park_intr_checked(l, self, join_unpark, &w);
+                }
+                if (r < 0) {
+                        rc = r;
+                        if (interruptible)
+                                break;
+                }
         }
-        assert(t->state == AIOT__T_DONE);
-        return 0;
+        return rc;
 }
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic pop
+#endif
 
-int aiot__task_wait(aiot_task *t, int intr)
+/* The caller leaves its wait for t: the last one out releases an ended t. */
+AIOT_INLINE void wait_done(aiot_task *t)
 {
-        return task_wait(t, intr);
+        if (--t->n_waiting == 0 && t->state == AIOT__T_DONE)
+                task_release(t);
 }
 
 static int join_check(aiot_task *t, aiot_task *self)
@@ -446,10 +485,6 @@ static int join_check(aiot_task *t, aiot_task *self)
                 return -EPERM;
         if (t == self)
                 return -EDEADLK;
-        /* Also once t has ended: its joiner was woken but has not run yet, and
-         * it frees t when it does. */
-        if (t->joiner && t->joiner != self)
-                return -EBUSY;
         return 0;
 }
 
@@ -460,13 +495,12 @@ int aiot_join(aiot_task *t, int *result)
 
         if (r)
                 return r;
+        t->n_waiting++;
         r = task_wait(t, 1);
-        if (r)
-                return r;
-        if (result)
+        if (r == 0 && result)
                 *result = t->result;
-        task_release(t);
-        return 0;
+        wait_done(t);
+        return r;
 }
 
 int aiot_cancel_and_wait(aiot_task *t)
@@ -476,20 +510,18 @@ int aiot_cancel_and_wait(aiot_task *t)
 
         if (r)
                 return r;
-        if (t->state != AIOT__T_DONE) {
+        t->n_waiting++;
+        if (t->state != AIOT__T_DONE)
                 aiot_cancel(t);
-                r = task_wait(t, 1);
-                if (r)
-                        return r;
-        }
-        task_release(t);
-        return 0;
+        r = task_wait(t, 0);
+        wait_done(t);
+        return r;
 }
 
 int aiot_cancel_and_wait_all(aiot_task *const ts[], size_t n, int results[])
 {
         aiot_task *self = aiot__task_current();
-        int r = 0;
+        int r = 0, rc = 0;
         size_t i;
 
         aiot__return_if(n && !ts, -EINVAL);
@@ -505,19 +537,23 @@ int aiot_cancel_and_wait_all(aiot_task *const ts[], size_t n, int results[])
                         ts[j]->mark = 0;
         if (r)
                 return r;
-        for (i = 0; i < n; i++)
-                aiot_cancel(ts[i]);
+        /* Every handle is held from here on: a target that ends while we wait
+         * for another is not released under us by its other waiters. */
         for (i = 0; i < n; i++) {
-                r = aiot__task_wait(ts[i], 1);
-                if (r)
-                        return r;
+                ts[i]->n_waiting++;
+                aiot_cancel(ts[i]);
+        }
+        for (i = 0; i < n; i++) {
+                r = task_wait(ts[i], 0);
+                if (r && !rc)
+                        rc = r;
         }
         for (i = 0; i < n; i++) {
                 if (results)
                         results[i] = ts[i]->result;
-                task_release(ts[i]);
+                wait_done(ts[i]);
         }
-        return 0;
+        return rc;
 }
 
 

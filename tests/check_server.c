@@ -1221,7 +1221,10 @@ START_TEST(test_stopped_worker_replaced)
         t0 = now();
         while (log_count(&s, "ready w 1 ") < 2 && now() - t0 < T_LONG)
                 srv_pump(&s, 5);
-        ck_assert_msg(now() - t0 < 2.0, "replaced after %.2f s (worker-timeout 1 s); stderr:\n%s", now() - t0, s.err);
+        /* The contract is worker-timeout + 1 s (2 s here; about 1.25 s measured);
+         * the bound leaves room for a loaded machine and still fails the old
+         * behaviour (6.35 s: SIGABRT on a stopped process, then a 5 s grace). */
+        ck_assert_msg(now() - t0 < 4.0, "replaced after %.2f s (worker-timeout 1 s); stderr:\n%s", now() - t0, s.err);
         ck_assert_int_ne(log_pid(&s, "ready", "w", 1), old);
         srv_stop_clean(&s);
 }
@@ -1242,7 +1245,8 @@ START_TEST(test_stop_during_abort_grace)
         kill(s.pid, SIGTERM);
         t0 = now();
         ck_assert_int_eq(srv_wait_exit(&s, 2 * T_LONG), 0);
-        ck_assert_msg(now() - t0 < 3.0, "stopped after %.2f s (stop timeout 10 s); stderr:\n%s", now() - t0, s.err);
+        /* The grace is 0.5 s here; the old behaviour waited the whole 10 s. */
+        ck_assert_msg(now() - t0 < 6.0, "stopped after %.2f s (stop timeout 10 s); stderr:\n%s", now() - t0, s.err);
         ck_assert_msg(strstr(s.err, "did not abort within") && !strstr(s.err, "did not stop within"), "stderr:\n%s",
                       s.err);
         srv_finish(&s);
@@ -1304,14 +1308,15 @@ START_TEST(test_first_crash_respawns_at_once)
         char probe[64];
 
         snprintf(probe, sizeof(probe), "/proc/%d/task/%d/children", (int)getpid(), (int)getpid());
-        if (access(probe, R_OK) < 0)
-                return; /* no CONFIG_PROC_CHILDREN: nothing to measure with */
+        ck_assert_msg(access(probe, R_OK) == 0, "%s: the test needs CONFIG_PROC_CHILDREN (Debian's kernels have it)",
+                      probe);
         srv_start(&s, args);
         srv_ready(&s);
         ck_assert(children_of(s.pid, kids, &n, 64));
         kill(log_pid(&s, "ready", "w", 1), SIGKILL);
         first = until_new_child(&s, kids, n);
-        ck_assert_msg(first < 0.05, "first respawn after %.3f s; stderr:\n%s", first, s.err);
+        /* Goal 5 ms; the old first backoff step was 100 ms. */
+        ck_assert_msg(first < 0.07, "first respawn after %.3f s; stderr:\n%s", first, s.err);
         ck_assert_msg(srv_wait_err(&s, "is ready again", 1, T_LONG), "stderr:\n%s", s.err);
         ck_assert(children_of(s.pid, kids, &n, 64));
         kill(log_pid(&s, "ready", "w", 1), SIGKILL);
@@ -1332,10 +1337,15 @@ START_TEST(test_notify_never_drained)
         int small = 1;
         double t0;
 
+        /* Without libsystemd the library sends no notifications at all. */
+#ifdef HAVE_SYSTEMD
+        ck_assert_msg(notify_open(&nt), "aiot_sd_notify() sent nothing to a notify socket");
+#else
         if (!notify_open(&nt)) {
                 notify_close(&nt);
                 return;
         }
+#endif
         (void)setsockopt(nt.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
         srv_start(&s, args);
         srv_ready(&s);

@@ -33,7 +33,7 @@
 
 /* ---------------------------------------------------------------- the worker ends */
 
-void report_send(int fd, int type, int value)
+void aiot__report_send(int fd, int type, int value)
 {
         struct msg m = {.type = type, .value = value};
 
@@ -54,7 +54,7 @@ static void beat_tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
 }
 
-void beat_start(struct ev_loop *evl, struct aiot__beat *b, uint64_t *cell, double period)
+void aiot__beat_start(struct ev_loop *evl, struct aiot__beat *b, uint64_t *cell, double period)
 {
         b->cell = cell;
         if (!cell)
@@ -66,7 +66,7 @@ void beat_start(struct ev_loop *evl, struct aiot__beat *b, uint64_t *cell, doubl
         ev_timer_start(evl, &b->tick);
 }
 
-void beat_stop(struct ev_loop *evl, struct aiot__beat *b)
+void aiot__beat_stop(struct ev_loop *evl, struct aiot__beat *b)
 {
         if (!b->cell)
                 return;
@@ -88,7 +88,7 @@ static int beat_alloc(struct server *srv)
         return -1;
 }
 
-void beat_release(struct proc *p)
+void aiot__beat_release(struct proc *p)
 {
         if (p->beat >= 0)
                 p->srv->beat_used[p->beat] = false;
@@ -96,7 +96,7 @@ void beat_release(struct proc *p)
 }
 
 /* Before the fork: the pipe (the child gets *write_fd) and a fresh heartbeat cell. */
-int channel_open(struct proc *p, int *write_fd)
+int aiot__channel_open(struct proc *p, int *write_fd)
 {
         struct server *srv = p->srv;
         int fds[2];
@@ -110,17 +110,17 @@ int channel_open(struct proc *p, int *write_fd)
         if (p->beat >= 0)
                 __atomic_store_n(&srv->beats[p->beat], 0, __ATOMIC_RELAXED);
         p->beat_last = 0;
-        p->beat_change = now_mono();
+        p->beat_change = aiot__now_mono();
         return 0;
 }
 
 static void report_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-        channel_read(w->data);
+        aiot__channel_read(w->data);
 }
 
 /* After the fork: the supervisor starts reading. */
-void channel_opened(struct proc *p)
+void aiot__channel_opened(struct proc *p)
 {
         (void)fcntl(p->report_rd, F_SETFL, O_NONBLOCK);
         ev_io_init(&p->report_w, report_cb, p->report_rd, EV_READ);
@@ -128,7 +128,7 @@ void channel_opened(struct proc *p)
         ev_io_start(p->srv->evl, &p->report_w);
 }
 
-void channel_close(struct proc *p)
+void aiot__channel_close(struct proc *p)
 {
         if (p->report_rd < 0)
                 return;
@@ -137,7 +137,7 @@ void channel_close(struct proc *p)
 }
 
 /* Drains the report pipe; a FAILED message is kept for the exit log line. */
-void channel_read(struct proc *p)
+void aiot__channel_read(struct proc *p)
 {
         struct msg m;
         ssize_t n;
@@ -146,16 +146,16 @@ void channel_read(struct proc *p)
                 n = AIOT_RETRY_EINTR(read(p->report_rd, &m, sizeof(m)));
                 if (n != (ssize_t)sizeof(m)) {
                         if (n == 0 || (n < 0 && errno != EAGAIN))
-                                channel_close(p);
+                                aiot__channel_close(p);
                         return;
                 }
                 if (m.type == MSG_READY)
-                        proc_transition(p, PE_READY, 0);
+                        aiot__proc_transition(p, PE_READY, 0);
                 else if (m.type == MSG_FAILED)
                         p->setup_error = m.value;
                 else if (m.type == MSG_RECYCLE) {
                         if (p->state == PROC_READY)
-                                recycle_start(p);
+                                aiot__recycle_start(p);
                         else
                                 p->recycle_asked = true;
                 }
@@ -164,10 +164,10 @@ void channel_read(struct proc *p)
 
 /* ---------------------------------------------------------------- the heartbeat page */
 
-int beats_setup(struct server *srv)
+int aiot__beats_setup(struct server *srv)
 {
-        void *m = mmap(NULL, BEAT_CELLS * sizeof(*srv->beats), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                       -1, 0);
+        void *m = mmap(NULL, BEAT_CELLS * sizeof(*srv->beats), PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
         if (m == MAP_FAILED) {
                 aiot_log(AIOT_LOG_WARNING, "no worker heartbeats: mmap: %s", strerror(errno));
@@ -177,7 +177,7 @@ int beats_setup(struct server *srv)
         return 0;
 }
 
-void beats_free(struct server *srv)
+void aiot__beats_free(struct server *srv)
 {
         if (srv->beats)
                 munmap(srv->beats, BEAT_CELLS * sizeof(*srv->beats));
@@ -200,31 +200,31 @@ static double proc_stalled(struct proc *p, double now)
         return now - p->beat_change;
 }
 
-void live_cb(struct ev_loop *loop, ev_timer *w, int revents)
+void aiot__live_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
         struct server *srv = w->data;
-        double now = now_mono();
+        double now = aiot__now_mono();
 
-        proc_sweep(srv);
+        aiot__proc_sweep(srv);
         for (size_t i = 0; i < srv->n_procs; i++) {
                 struct proc *p = srv->procs[i];
                 double stalled = proc_stalled(p, now);
 
                 if (srv->worker_timeout <= 0 || stalled <= srv->worker_timeout || !p->child)
                         continue;
-                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) hung for %.1f s: aborting", kind_name(p->kind), p->index,
-                         (int)p->pid, stalled);
-                proc_transition(p, PE_HUNG, 0);
+                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) hung for %.1f s: aborting",
+                         aiot__kind_name(p->kind), p->index, (int)p->pid, stalled);
+                aiot__proc_transition(p, PE_HUNG, 0);
         }
         if (srv->pid == 1)
-                reap_orphans(srv);
+                aiot__reap_orphans(srv);
 }
 
 /* WATCHDOG=1 only while every process's loop is responsive. */
-void wd_cb(struct ev_loop *loop, ev_timer *w, int revents)
+void aiot__wd_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
         struct server *srv = w->data;
-        double now = now_mono();
+        double now = aiot__now_mono();
         bool ok = true;
 
         for (size_t i = 0; i < srv->n_procs; i++) {
@@ -234,7 +234,7 @@ void wd_cb(struct ev_loop *loop, ev_timer *w, int revents)
                         ok = false;
         }
         if (ok)
-                notify(srv, AIOT__SD_WATCHDOG, NULL);
+                aiot__notify(srv, AIOT__SD_WATCHDOG, NULL);
         else
                 aiot_log(AIOT_LOG_DEBUG, "watchdog ping withheld: a process is not responsive");
 }
@@ -278,7 +278,7 @@ static void notify_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
         notify_flush(w->data);
 }
 
-void notify_init(struct server *srv)
+void aiot__notify_init(struct server *srv)
 {
         ev_timer_init(&srv->notify.retry, notify_retry_cb, 0., NOTIFY_RETRY);
         srv->notify.retry.data = srv;
@@ -286,7 +286,7 @@ void notify_init(struct server *srv)
 
 /* Queues the message (replacing an older one of its kind) when the socket is
  * full or older ones still wait; sends it at once otherwise. */
-void notify(struct server *srv, int kind, const char *status)
+void aiot__notify(struct server *srv, int kind, const char *status)
 {
         struct notify_queue *q = &srv->notify;
         char buf[1024];
@@ -312,7 +312,7 @@ void notify(struct server *srv, int kind, const char *status)
 }
 
 /* One last try for what is still queued (the final STOPPING=1, typically). */
-void notify_free(struct server *srv)
+void aiot__notify_free(struct server *srv)
 {
         if (notify_pending(&srv->notify))
                 notify_flush(srv);

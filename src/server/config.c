@@ -30,13 +30,13 @@ static int cmp_int(const void *a, const void *b)
         return (x > y) - (x < y);
 }
 
-bool fd_in(const int *set, size_t n, int fd)
+bool aiot__fd_in(const int *set, size_t n, int fd)
 {
         return set && bsearch(&fd, set, n, sizeof(int), cmp_int) != NULL;
 }
 
 /* The fds open in this process, sorted.  Returns 0 or -errno (-ENOENT: no /proc). */
-int fd_snapshot(int **ret, size_t *n)
+int aiot__fd_snapshot(int **ret, size_t *n)
 {
         DIR *d = opendir("/proc/self/fd");
         struct dirent *de;
@@ -71,7 +71,7 @@ int fd_snapshot(int **ret, size_t *n)
         return 0;
 }
 
-bool is_listener_fd(aiot_listener *const *ls, size_t n, int fd)
+bool aiot__is_listener_fd(aiot_listener *const *ls, size_t n, int fd)
 {
         for (size_t i = 0; i < n; i++)
                 if (ls[i]->fd == fd)
@@ -123,7 +123,8 @@ static int resolve_ids(struct server *srv, const struct aiot_server_config *cfg)
         }
         /* Said before anything is forked: an unprivileged supervisor cannot
          * switch to another user, and must not start workers that run as itself. */
-        if (geteuid() != 0 && ((srv->drop_uid && srv->uid != getuid()) || (srv->drop_gid && srv->gid != getgid()))) {
+        if (geteuid() != 0 &&
+            ((srv->drop_uid && srv->uid != getuid()) || (srv->drop_gid && srv->gid != getgid()))) {
                 aiot_log(AIOT_LOG_ERR, "cannot drop privileges to %s '%s': not running as root",
                          srv->drop_uid && srv->uid != getuid() ? "user" : "group",
                          srv->drop_uid && srv->uid != getuid() ? cfg->user : cfg->group);
@@ -132,7 +133,7 @@ static int resolve_ids(struct server *srv, const struct aiot_server_config *cfg)
         return 0;
 }
 
-int check_config(struct server *srv, const struct aiot_server_config *cfg)
+int aiot__check_config(struct server *srv, const struct aiot_server_config *cfg)
 {
         long cpus;
 
@@ -141,19 +142,21 @@ int check_config(struct server *srv, const struct aiot_server_config *cfg)
                 return -EINVAL;
         }
         if (cfg->workers < 0 || cfg->workers > MAX_WORKERS) {
-                aiot_log(AIOT_LOG_ERR, "invalid worker count %d (expected 1 to %d)", cfg->workers, MAX_WORKERS);
+                aiot_log(AIOT_LOG_ERR, "invalid worker count %d (expected 1 to %d)", cfg->workers,
+                         MAX_WORKERS);
                 return -EINVAL;
         }
         if (cfg->n_extra > MAX_WORKERS || (cfg->n_extra && !cfg->extra) || (cfg->n_binds && !cfg->binds) ||
             cfg->n_stop_signals > MAX_SIGNALS || (cfg->n_stop_signals && !cfg->stop_signals) ||
-            isnan(cfg->stop_timeout) || cfg->restart_limit < 0 || !(cfg->restart_window >= 0) || cfg->argc < 0 ||
-            isnan(cfg->worker_timeout)) {
+            isnan(cfg->stop_timeout) || cfg->restart_limit < 0 || !(cfg->restart_window >= 0) ||
+            cfg->argc < 0 || isnan(cfg->worker_timeout)) {
                 aiot_log(AIOT_LOG_ERR, "invalid server configuration");
                 return -EINVAL;
         }
         for (size_t i = 0; i < cfg->n_extra; i++)
                 if (!cfg->extra[i]) {
-                        aiot_log(AIOT_LOG_ERR, "invalid server configuration: extra process %zu has no function", i);
+                        aiot_log(AIOT_LOG_ERR,
+                                 "invalid server configuration: extra process %zu has no function", i);
                         return -EINVAL;
                 }
         srv->worker_fn = cfg->worker;
@@ -179,14 +182,16 @@ int check_config(struct server *srv, const struct aiot_server_config *cfg)
                 srv->signals[srv->n_signals++] = SIGTERM;
         }
         srv->stop_timeout = cfg->stop_timeout == 0 ? 30.0 : cfg->stop_timeout < 0 ? -1 : cfg->stop_timeout;
-        srv->worker_timeout = cfg->worker_timeout == 0 ? WORKER_TIMEOUT
-                              : cfg->worker_timeout < 0 ? -1 : cfg->worker_timeout;
+        srv->worker_timeout = cfg->worker_timeout == 0  ? WORKER_TIMEOUT
+                              : cfg->worker_timeout < 0 ? -1
+                                                        : cfg->worker_timeout;
         /* Half the timeout, at most ABORT_GRACE: a hung process is then gone
          * within worker-timeout + 1 s for timeouts up to a second (a stall is
          * seen at most a quarter of the timeout late), and a long timeout
          * leaves a core dump its time. */
-        srv->abort_grace = srv->worker_timeout > 0 && srv->worker_timeout / 2 < ABORT_GRACE ? srv->worker_timeout / 2
-                                                                                           : ABORT_GRACE;
+        srv->abort_grace = srv->worker_timeout > 0 && srv->worker_timeout / 2 < ABORT_GRACE
+                                   ? srv->worker_timeout / 2
+                                   : ABORT_GRACE;
         srv->restart_limit = cfg->restart_limit ? cfg->restart_limit : 5;
         srv->restart_window = cfg->restart_window > 0 ? cfg->restart_window : 10.0;
         srv->argc = cfg->argc;
@@ -208,9 +213,10 @@ int check_config(struct server *srv, const struct aiot_server_config *cfg)
 
 /* Sockets from socket activation first (LISTEN_FDS, for this process only),
  * then the bind addresses. */
-int open_listeners(struct server *srv, const struct aiot_server_config *cfg)
+int aiot__open_listeners(struct server *srv, const struct aiot_server_config *cfg)
 {
-        struct aiot_listen_opts o = {.size = sizeof(o), .reuseport = cfg->reuseport, .bind_only = cfg->reuseport};
+        struct aiot_listen_opts o = {
+                .size = sizeof(o), .reuseport = cfg->reuseport, .bind_only = cfg->reuseport};
         aiot_listener **act = NULL;
         size_t n_act = 0, total;
         char err[256];
@@ -285,7 +291,7 @@ static pid_t pidfile_read(const char *path)
 
 /* Refuses a pidfile held by a live process; replaces a stale one atomically
  * (a temporary file renamed over it), so that a reader never sees it empty. */
-int write_pidfile(struct server *srv)
+int aiot__write_pidfile(struct server *srv)
 {
         char buf[32], *tmp = NULL;
         int fd, n, r = 0;
@@ -324,7 +330,7 @@ out:
 }
 
 /* Only our own: a successor may have replaced it meanwhile. */
-void remove_pidfile(struct server *srv)
+void aiot__remove_pidfile(struct server *srv)
 {
         if (srv->pidfile_written && pidfile_read(srv->pidfile) == srv->pid)
                 unlink(srv->pidfile);
@@ -333,16 +339,17 @@ void remove_pidfile(struct server *srv)
 /* ---------------------------------------------------------------- fd snapshots */
 
 /* The fds the supervisor itself opened (its loop's, so far): closed in children. */
-int snapshot_internal(struct server *srv)
+int aiot__snapshot_internal(struct server *srv)
 {
         int *now;
         size_t n, k = 0;
-        int r = fd_snapshot(&now, &n);
+        int r = aiot__fd_snapshot(&now, &n);
 
         if (r < 0)
                 return 0; /* no /proc: children keep what they inherit */
         for (size_t i = 0; i < n; i++)
-                if (!fd_in(srv->entry_fds, srv->n_entry_fds, now[i]) && !is_listener_fd(srv->listeners, srv->n_listeners, now[i]))
+                if (!aiot__fd_in(srv->entry_fds, srv->n_entry_fds, now[i]) &&
+                    !aiot__is_listener_fd(srv->listeners, srv->n_listeners, now[i]))
                         now[k++] = now[i];
         srv->internal_fds = now;
         srv->n_internal_fds = k;
@@ -350,15 +357,15 @@ int snapshot_internal(struct server *srv)
 }
 
 /* What children keep: everything open now except the supervisor's own fds. */
-void snapshot_keep(struct server *srv)
+void aiot__snapshot_keep(struct server *srv)
 {
         int *now;
         size_t n, k = 0;
 
-        if (!srv->entry_fds || fd_snapshot(&now, &n) < 0)
+        if (!srv->entry_fds || aiot__fd_snapshot(&now, &n) < 0)
                 return;
         for (size_t i = 0; i < n; i++)
-                if (!fd_in(srv->internal_fds, srv->n_internal_fds, now[i]))
+                if (!aiot__fd_in(srv->internal_fds, srv->n_internal_fds, now[i]))
                         now[k++] = now[i];
         srv->keep_fds = now;
         srv->n_keep_fds = k;

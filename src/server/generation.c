@@ -4,11 +4,11 @@
  * Processes belong to a generation.  A reload (SIGHUP) starts a whole new
  * generation beside the serving one and stops the old one only once every
  * new process is ready; a new process that fails its setup rolls the reload
- * back (reload_fail(), from proc.c).  A recycled worker gets a replacement
+ * back (aiot__reload_fail(), from proc.c).  A recycled worker gets a replacement
  * record of its own generation and index in the same way.  SIGTTIN and
  * SIGTTOU add and remove a worker of the newest generation; SIGUSR1 is
  * forwarded to every ready process.  Everything here changes processes only
- * through proc_transition(). */
+ * through aiot__proc_transition(). */
 #define AIOT__SUPERVISOR_SIDE
 #include <signal.h>
 #include <stdio.h>
@@ -24,14 +24,14 @@ static void recycle_pending(struct server *srv);
 /* ---------------------------------------------------------------- counting */
 
 /* Every active process of generation gen is ready (and there is one). */
-bool gen_ready(const struct server *srv, unsigned gen)
+bool aiot__gen_ready(const struct server *srv, unsigned gen)
 {
         size_t n = 0;
 
         for (size_t i = 0; i < srv->n_procs; i++) {
                 const struct proc *p = srv->procs[i];
 
-                if (p->gen != gen || !proc_active(p))
+                if (p->gen != gen || !aiot__proc_active(p))
                         continue;
                 if (p->state != PROC_READY)
                         return false;
@@ -42,7 +42,7 @@ bool gen_ready(const struct server *srv, unsigned gen)
 
 /* The workers of gen (replacements not counted), the one with the highest
  * index, and the lowest free index. */
-size_t gen_workers(const struct server *srv, unsigned gen, struct proc **highest, int *free_index)
+size_t aiot__gen_workers(const struct server *srv, unsigned gen, struct proc **highest, int *free_index)
 {
         size_t n = 0;
         bool used[MAX_WORKERS + 1] = {false};
@@ -52,7 +52,7 @@ size_t gen_workers(const struct server *srv, unsigned gen, struct proc **highest
         for (size_t i = 0; i < srv->n_procs; i++) {
                 struct proc *p = srv->procs[i];
 
-                if (p->gen != gen || p->kind != AIOT_WORKER || !proc_active(p) || p->replaces)
+                if (p->gen != gen || p->kind != AIOT_WORKER || !aiot__proc_active(p) || p->replaces)
                         continue;
                 n++;
                 if (p->index >= 0 && p->index <= MAX_WORKERS)
@@ -70,13 +70,14 @@ size_t gen_workers(const struct server *srv, unsigned gen, struct proc **highest
         return n;
 }
 
-static void stop_generation_if(struct server *srv, bool (*match)(const struct proc *, unsigned), unsigned gen)
+static void stop_generation_if(struct server *srv, bool (*match)(const struct proc *, unsigned),
+                               unsigned gen)
 {
         for (size_t i = 0; i < srv->n_procs; i++) {
                 struct proc *p = srv->procs[i];
 
-                if (match(p, gen) && proc_active(p))
-                        proc_transition(p, PE_STOP, graceful_signal(srv));
+                if (match(p, gen) && aiot__proc_active(p))
+                        aiot__proc_transition(p, PE_STOP, aiot__graceful_signal(srv));
         }
 }
 
@@ -108,8 +109,8 @@ static void server_all_ready(struct server *srv)
         aiot_log(AIOT_LOG_NOTICE, "ready: %zu worker%s, %zu extra process%s (pid %d)", srv->n_workers,
                  srv->n_workers == 1 ? "" : "s", srv->n_extra, srv->n_extra == 1 ? "" : "es", (int)srv->pid);
         aiot_log(AIOT_LOG_NOTICE, "all %zu workers ready (generation %u)", srv->n_workers, srv->gen);
-        status_text(srv, status, sizeof(status));
-        notify(srv, AIOT__SD_READY, status);
+        aiot__status_text(srv, status, sizeof(status));
+        aiot__notify(srv, AIOT__SD_READY, status);
         recycle_pending(srv);
         reload_next(srv);
 }
@@ -123,14 +124,14 @@ static void reload_done(struct server *srv)
         srv->new_gen = 0;
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u ready, stopping generation %u", srv->gen, old);
         stop_generation_if(srv, older_than, srv->gen);
-        status_text(srv, status, sizeof(status));
-        notify(srv, AIOT__SD_READY, status);
+        aiot__status_text(srv, status, sizeof(status));
+        aiot__notify(srv, AIOT__SD_READY, status);
         recycle_pending(srv);
         reload_next(srv);
 }
 
 /* The new generation failed: it is stopped, the serving one goes on. */
-void reload_fail(struct server *srv, const char *why)
+void aiot__reload_fail(struct server *srv, const char *why)
 {
         unsigned failed = srv->new_gen;
         char status[384], st[96];
@@ -138,9 +139,9 @@ void reload_fail(struct server *srv, const char *why)
         srv->new_gen = 0;
         aiot_log(AIOT_LOG_ERR, "reload failed: %s; generation %u keeps serving", why, srv->gen);
         stop_generation_if(srv, of_gen, failed);
-        status_text(srv, st, sizeof(st));
+        aiot__status_text(srv, st, sizeof(st));
         snprintf(status, sizeof(status), "reload failed: %s; %s", why, st);
-        notify(srv, AIOT__SD_READY, status);
+        aiot__notify(srv, AIOT__SD_READY, status);
         reload_next(srv);
 }
 
@@ -160,59 +161,62 @@ static void reload_start(struct server *srv)
         gen = srv->new_gen = ++srv->next_gen;
         aiot_log(AIOT_LOG_NOTICE, "SIGHUP received, reloading: starting generation %u", gen);
         snprintf(status, sizeof(status), "reloading: starting generation %u", gen);
-        notify(srv, AIOT__SD_RELOADING, status);
+        aiot__notify(srv, AIOT__SD_RELOADING, status);
         for (size_t i = 0; i < srv->n_workers + srv->n_extra && srv->new_gen == gen; i++) {
                 bool extra = i >= srv->n_workers;
-                struct proc *p = proc_new(srv, extra ? AIOT_EXTRA : AIOT_WORKER,
-                                          (int)(extra ? i - srv->n_workers : i), gen,
-                                          extra ? srv->extra_fns[i - srv->n_workers] : srv->worker_fn);
+                struct proc *p = aiot__proc_new(srv, extra ? AIOT_EXTRA : AIOT_WORKER,
+                                                (int)(extra ? i - srv->n_workers : i), gen,
+                                                extra ? srv->extra_fns[i - srv->n_workers] : srv->worker_fn);
 
                 if (!p) {
-                        reload_fail(srv, "out of memory");
+                        aiot__reload_fail(srv, "out of memory");
                         return;
                 }
-                proc_transition(p, PE_START, 0);
+                aiot__proc_transition(p, PE_START, 0);
         }
 }
 
 /* ---------------------------------------------------------------- recycle */
 
-void recycle_start(struct proc *p)
+void aiot__recycle_start(struct proc *p)
 {
         struct server *srv = p->srv;
         struct proc *r;
 
         p->recycle_asked = false;
         /* Asked before its generation was all ready: once it is. */
-        if (p->state == PROC_READY && (srv->state == SRV_STARTING || (srv->new_gen && p->gen == srv->new_gen))) {
+        if (p->state == PROC_READY &&
+            (srv->state == SRV_STARTING || (srv->new_gen && p->gen == srv->new_gen))) {
                 p->recycle_asked = true;
                 return;
         }
-        if (srv->state != SRV_RUNNING || srv->new_gen || p->gen != srv->gen || p->replaced_by || p->replaces ||
-            p->state != PROC_READY) {
-                aiot_log(AIOT_LOG_INFO, "%s %d (pid %d) asked to be recycled: ignored (%s)", kind_name(p->kind),
-                         p->index, (int)p->pid,
-                         srv->state != SRV_RUNNING ? "not running" : srv->new_gen ? "a reload is under way"
-                                                                                  : "it is being replaced");
+        if (srv->state != SRV_RUNNING || srv->new_gen || p->gen != srv->gen || p->replaced_by ||
+            p->replaces || p->state != PROC_READY) {
+                aiot_log(AIOT_LOG_INFO, "%s %d (pid %d) asked to be recycled: ignored (%s)",
+                         aiot__kind_name(p->kind), p->index, (int)p->pid,
+                         srv->state != SRV_RUNNING ? "not running"
+                         : srv->new_gen            ? "a reload is under way"
+                                                   : "it is being replaced");
                 return;
         }
-        r = proc_new(srv, p->kind, p->index, p->gen, p->fn);
+        r = aiot__proc_new(srv, p->kind, p->index, p->gen, p->fn);
         if (!r) {
-                aiot_log(AIOT_LOG_ERR, "cannot recycle %s %d: out of memory", kind_name(p->kind), p->index);
+                aiot_log(AIOT_LOG_ERR, "cannot recycle %s %d: out of memory", aiot__kind_name(p->kind),
+                         p->index);
                 return;
         }
         r->replaces = p;
         p->replaced_by = r;
         aiot_log(AIOT_LOG_NOTICE, "%s %d (pid %d) asked to be recycled; starting its replacement",
-                 kind_name(p->kind), p->index, (int)p->pid);
-        proc_transition(r, PE_START, 0);
+                 aiot__kind_name(p->kind), p->index, (int)p->pid);
+        aiot__proc_transition(r, PE_START, 0);
 }
 
 static void recycle_pending(struct server *srv)
 {
         for (size_t i = 0; i < srv->n_procs; i++)
                 if (srv->procs[i]->recycle_asked && srv->procs[i]->state == PROC_READY)
-                        recycle_start(srv->procs[i]);
+                        aiot__recycle_start(srv->procs[i]);
 }
 
 static void recycle_done(struct proc *r)
@@ -221,41 +225,41 @@ static void recycle_done(struct proc *r)
 
         r->replaces = NULL;
         old->replaced_by = NULL;
-        aiot_log(AIOT_LOG_NOTICE, "%s %d (pid %d) replaced by pid %d", kind_name(old->kind), old->index,
-                 (int)old->pid, (int)r->pid);
-        proc_transition(old, PE_STOP, graceful_signal(r->srv));
+        aiot_log(AIOT_LOG_NOTICE, "%s %d (pid %d) replaced by pid %d", aiot__kind_name(old->kind),
+                 old->index, (int)old->pid, (int)r->pid);
+        aiot__proc_transition(old, PE_STOP, aiot__graceful_signal(r->srv));
 }
 
 /* ---------------------------------------------------------------- a process became ready */
 
-/* From proc_transition(), once p is READY: what that means for its
+/* From aiot__proc_transition(), once p is READY: what that means for its
  * generation.  again: an earlier incarnation of p had been ready. */
-void gen_proc_ready(struct proc *p, bool again)
+void aiot__gen_proc_ready(struct proc *p, bool again)
 {
         struct server *srv = p->srv;
         char status[96];
 
         if (srv->state == SRV_STARTING) {
-                if (gen_ready(srv, srv->gen))
+                if (aiot__gen_ready(srv, srv->gen))
                         server_all_ready(srv);
         } else if (srv->state == SRV_RUNNING) {
                 if (p->replaces)
                         recycle_done(p);
                 else if (srv->new_gen && p->gen == srv->new_gen) {
-                        if (gen_ready(srv, srv->new_gen))
+                        if (aiot__gen_ready(srv, srv->new_gen))
                                 reload_done(srv);
                 } else if (again)
-                        aiot_log(AIOT_LOG_INFO, "%s %d (pid %d) is ready again", kind_name(p->kind), p->index,
-                                 (int)p->pid);
+                        aiot_log(AIOT_LOG_INFO, "%s %d (pid %d) is ready again", aiot__kind_name(p->kind),
+                                 p->index, (int)p->pid);
                 else {
-                        aiot_log(AIOT_LOG_NOTICE, "%s %d (pid %d) is ready", kind_name(p->kind), p->index,
-                                 (int)p->pid);
-                        status_text(srv, status, sizeof(status));
-                        notify(srv, AIOT__SD_STATUS, status);
+                        aiot_log(AIOT_LOG_NOTICE, "%s %d (pid %d) is ready", aiot__kind_name(p->kind),
+                                 p->index, (int)p->pid);
+                        aiot__status_text(srv, status, sizeof(status));
+                        aiot__notify(srv, AIOT__SD_STATUS, status);
                 }
         }
         if (p->recycle_asked && p->state == PROC_READY && srv->state == SRV_RUNNING && !srv->new_gen)
-                recycle_start(p);
+                aiot__recycle_start(p);
 }
 
 /* ---------------------------------------------------------------- control signals */
@@ -264,28 +268,28 @@ static void scale_up(struct server *srv)
 {
         unsigned gen = srv->new_gen ? srv->new_gen : srv->gen;
         int index;
-        size_t n = gen_workers(srv, gen, NULL, &index);
+        size_t n = aiot__gen_workers(srv, gen, NULL, &index);
         struct proc *p;
 
         if (n >= MAX_WORKERS || index >= MAX_WORKERS) {
                 aiot_log(AIOT_LOG_WARNING, "SIGTTIN ignored: at most %d workers", MAX_WORKERS);
                 return;
         }
-        p = proc_new(srv, AIOT_WORKER, index, gen, srv->worker_fn);
+        p = aiot__proc_new(srv, AIOT_WORKER, index, gen, srv->worker_fn);
         if (!p) {
                 aiot_log(AIOT_LOG_ERR, "SIGTTIN: out of memory");
                 return;
         }
         srv->n_workers = n + 1;
         aiot_log(AIOT_LOG_NOTICE, "SIGTTIN received: adding worker %d (%zu workers)", index, srv->n_workers);
-        proc_transition(p, PE_START, 0);
+        aiot__proc_transition(p, PE_START, 0);
 }
 
 static void scale_down(struct server *srv)
 {
         unsigned gen = srv->new_gen ? srv->new_gen : srv->gen;
         struct proc *p;
-        size_t n = gen_workers(srv, gen, &p, NULL);
+        size_t n = aiot__gen_workers(srv, gen, &p, NULL);
         char status[96];
 
         if (n <= 1 || !p) {
@@ -293,12 +297,13 @@ static void scale_down(struct server *srv)
                 return;
         }
         srv->n_workers = n - 1;
-        aiot_log(AIOT_LOG_NOTICE, "SIGTTOU received: stopping worker %d (%zu workers)", p->index, srv->n_workers);
+        aiot_log(AIOT_LOG_NOTICE, "SIGTTOU received: stopping worker %d (%zu workers)", p->index,
+                 srv->n_workers);
         if (p->replaced_by)
-                proc_transition(p->replaced_by, PE_STOP, graceful_signal(srv));
-        proc_transition(p, PE_STOP, graceful_signal(srv));
-        status_text(srv, status, sizeof(status));
-        notify(srv, AIOT__SD_STATUS, status);
+                aiot__proc_transition(p->replaced_by, PE_STOP, aiot__graceful_signal(srv));
+        aiot__proc_transition(p, PE_STOP, aiot__graceful_signal(srv));
+        aiot__status_text(srv, status, sizeof(status));
+        aiot__notify(srv, AIOT__SD_STATUS, status);
 }
 
 static void forward_signal(struct server *srv, int signo)
@@ -316,11 +321,11 @@ static void forward_signal(struct server *srv, int signo)
                  n == 1 ? "" : "es");
 }
 
-void ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
         struct server *srv = w->data;
 
-        proc_sweep(srv);
+        aiot__proc_sweep(srv);
         if (srv->state == SRV_STOPPING || srv->state == SRV_DONE)
                 return;
         switch (w->signum) {

@@ -2,10 +2,10 @@
 /* The process table and the one state machine of a process.
  *
  * Each worker or extra process is a struct proc; an index of a generation
- * keeps its record across respawns.  proc_transition() is the one place
+ * keeps its record across respawns.  aiot__proc_transition() is the one place
  * where a process changes state: the helpers below (proc_started(),
  * proc_ready(), proc_exited(), proc_setup_failed()) decide and return the
- * next state, proc_transition() assigns it and only then runs what follows
+ * next state, aiot__proc_transition() assigns it and only then runs what follows
  * from it (a failed server, a failed reload, a finished stop), so that those
  * see the process in its new state.
  *
@@ -31,7 +31,7 @@
  * The first crash of an index that had been serving is respawned at once;
  * each further crash waits a backoff that doubles up to BACKOFF_CAP, reset
  * once an incarnation has run a whole restart window.  GONE records are
- * freed by proc_sweep() from a top-level callback. */
+ * freed by aiot__proc_sweep() from a top-level callback. */
 #define AIOT__SUPERVISOR_SIDE
 #include <errno.h>
 #include <signal.h>
@@ -51,7 +51,7 @@ static void abort_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 /* ---------------------------------------------------------------- the table */
 
-struct proc *proc_new(struct server *srv, int kind, int index, unsigned gen, aiot_worker_fn fn)
+struct proc *aiot__proc_new(struct server *srv, int kind, int index, unsigned gen, aiot_worker_fn fn)
 {
         struct proc *p;
 
@@ -67,8 +67,15 @@ struct proc *proc_new(struct server *srv, int kind, int index, unsigned gen, aio
         p = calloc(1, sizeof(*p));
         if (!p)
                 return NULL;
-        *p = (struct proc){.srv = srv, .kind = kind, .index = index, .gen = gen, .fn = fn, .state = PROC_IDLE,
-                           .report_rd = -1, .backoff = 0, .beat = -1};
+        *p = (struct proc){.srv = srv,
+                           .kind = kind,
+                           .index = index,
+                           .gen = gen,
+                           .fn = fn,
+                           .state = PROC_IDLE,
+                           .report_rd = -1,
+                           .backoff = 0,
+                           .beat = -1};
         ev_timer_init(&p->respawn_timer, respawn_cb, 0., 0.);
         p->respawn_timer.data = p;
         ev_timer_init(&p->stop_timer, stop_timer_cb, 0., 0.);
@@ -86,18 +93,18 @@ static void proc_stop_timers(struct proc *p)
         ev_timer_stop(p->srv->evl, &p->abort_timer);
 }
 
-void proc_free(struct server *srv, struct proc *p)
+void aiot__proc_free(struct server *srv, struct proc *p)
 {
-        channel_close(p);
+        aiot__channel_close(p);
         proc_stop_timers(p);
-        beat_release(p);
+        aiot__beat_release(p);
         aiot_child_free(p->child);
         free(p);
 }
 
 /* Frees the records that are gone for good.  Only from top-level callbacks,
  * where no proc pointer is held on the stack. */
-void proc_sweep(struct server *srv)
+void aiot__proc_sweep(struct server *srv)
 {
         size_t k = 0;
 
@@ -105,7 +112,7 @@ void proc_sweep(struct server *srv)
                 struct proc *p = srv->procs[i];
 
                 if (p->state == PROC_GONE && !p->child)
-                        proc_free(srv, p);
+                        aiot__proc_free(srv, p);
                 else
                         srv->procs[k++] = p;
         }
@@ -113,13 +120,13 @@ void proc_sweep(struct server *srv)
 }
 
 /* Serving, or about to: what a generation counts. */
-bool proc_active(const struct proc *p)
+bool aiot__proc_active(const struct proc *p)
 {
         return p->state == PROC_IDLE || p->state == PROC_STARTING || p->state == PROC_READY;
 }
 
 /* A process exists (or is being forked) for this record. */
-bool proc_live(const struct proc *p)
+bool aiot__proc_live(const struct proc *p)
 {
         return p->state == PROC_STARTING || p->state == PROC_READY || p->state == PROC_ABORTING ||
                p->state == PROC_STOPPING || p->state == PROC_KILLING;
@@ -160,7 +167,7 @@ static void proc_spec(const struct proc *p, int report_fd, struct aiot__proc_spe
                 .data = srv->main.data,
                 .argc = srv->argc,
                 .argv = srv->argv,
-                .drop_parent = drop_parent_watchers,
+                .drop_parent = aiot__drop_parent_watchers,
                 .parent = p->srv,
         };
 }
@@ -171,12 +178,12 @@ static void child_exit_cb(aiot_child *c, int status, void *userdata)
         struct server *srv = p->srv;
 
         /* A message written just before the exit is read first. */
-        channel_read(p);
+        aiot__channel_read(p);
         aiot_child_free(c);
         p->child = NULL;
-        proc_transition(p, PE_EXIT, status);
+        aiot__proc_transition(p, PE_EXIT, status);
         if (srv->pid == 1)
-                reap_orphans(srv);
+                aiot__reap_orphans(srv);
 }
 
 static int proc_spawn(struct proc *p)
@@ -184,26 +191,26 @@ static int proc_spawn(struct proc *p)
         struct aiot__proc_spec spec;
         int wfd, r;
 
-        r = channel_open(p, &wfd);
+        r = aiot__channel_open(p, &wfd);
         if (r < 0)
                 return r;
         p->setup_error = 0;
         p->served = false;
         proc_spec(p, wfd, &spec);
-        r = aiot_fork(p->srv->evl, worker_main, &spec, child_exit_cb, p, &p->child);
+        r = aiot_fork(p->srv->evl, aiot__worker_main, &spec, child_exit_cb, p, &p->child);
         close(wfd);
         if (r < 0) {
-                channel_close(p);
+                aiot__channel_close(p);
                 return r;
         }
         p->pid = aiot_child_pid(p->child);
-        channel_opened(p);
+        aiot__channel_opened(p);
         return 0;
 }
 
 /* ---------------------------------------------------------------- decisions */
 
-/* What proc_transition() does once the process is in its next state. */
+/* What aiot__proc_transition() does once the process is in its next state. */
 enum proc_then { THEN_NOTHING, THEN_SERVER_FAILS, THEN_RELOAD_FAILS, THEN_RECOUNT };
 
 struct proc_step {
@@ -215,7 +222,7 @@ struct proc_step {
 /* Counts a crash; returns true when the crash-loop limit is exceeded. */
 static bool count_crash(struct server *srv)
 {
-        double now = now_mono();
+        double now = aiot__now_mono();
         size_t recent = 0;
 
         srv->crashes[srv->n_crashes++ % MAX_CRASHES] = now;
@@ -241,14 +248,17 @@ static void proc_setup_failed(struct proc *p, const char *how, struct proc_step 
         struct server *srv = p->srv;
 
         if (p->setup_error)
-                snprintf(st->why, sizeof(st->why), "%s %d failed during setup: %s", kind_name(p->kind), p->index,
+                snprintf(st->why, sizeof(st->why), "%s %d failed during setup: %s", aiot__kind_name(p->kind),
+                         p->index,
                          p->setup_error == SETUP_NO_WAIT ? "returned before aiot_worker_wait_stop()"
                                                          : strerror(-p->setup_error));
         else
-                snprintf(st->why, sizeof(st->why), "%s %d %s during setup", kind_name(p->kind), p->index, how);
+                snprintf(st->why, sizeof(st->why), "%s %d %s during setup", aiot__kind_name(p->kind),
+                         p->index, how);
         st->next = PROC_GONE;
         if (p->replaces) {
-                aiot_log(AIOT_LOG_ERR, "recycle failed: %s; pid %d keeps serving", st->why, (int)p->replaces->pid);
+                aiot_log(AIOT_LOG_ERR, "recycle failed: %s; pid %d keeps serving", st->why,
+                         (int)p->replaces->pid);
                 return;
         }
         if (srv->new_gen && p->gen == srv->new_gen) {
@@ -275,12 +285,13 @@ static void proc_started(struct proc *p, struct proc_step *st)
         char why[128];
 
         if (r >= 0) {
-                aiot_log(AIOT_LOG_DEBUG, "%s %d started (pid %d, generation %u)", kind_name(p->kind), p->index,
-                         (int)p->pid, p->gen);
+                aiot_log(AIOT_LOG_DEBUG, "%s %d started (pid %d, generation %u)", aiot__kind_name(p->kind),
+                         p->index, (int)p->pid, p->gen);
                 st->next = PROC_STARTING;
                 return;
         }
-        snprintf(why, sizeof(why), "cannot fork %s %d: %s", kind_name(p->kind), p->index, strerror(-r));
+        snprintf(why, sizeof(why), "cannot fork %s %d: %s", aiot__kind_name(p->kind), p->index,
+                 strerror(-r));
         if (p->replaces || (srv->new_gen && p->gen == srv->new_gen)) {
                 p->setup_error = r;
                 proc_setup_failed(p, why, st);
@@ -295,7 +306,7 @@ static enum proc_state proc_ready(struct proc *p)
 {
         p->ever_ready = true;
         p->served = true;
-        p->ready_at = now_mono();
+        p->ready_at = aiot__now_mono();
         return PROC_READY;
 }
 
@@ -306,7 +317,7 @@ static double next_backoff(struct proc *p)
         double delay;
 
         /* A process that ran for a whole window starts its backoff afresh. */
-        if (p->served && now_mono() - p->ready_at > p->srv->restart_window)
+        if (p->served && aiot__now_mono() - p->ready_at > p->srv->restart_window)
                 p->backoff = 0;
         delay = p->backoff;
         p->backoff = delay == 0 ? BACKOFF_FIRST : delay * 2 > BACKOFF_CAP ? BACKOFF_CAP : delay * 2;
@@ -323,17 +334,18 @@ static void proc_exited(struct proc *p, int status, struct proc_step *st)
         if (p->state == PROC_STOPPING || p->state == PROC_KILLING || srv->state == SRV_STOPPING ||
             srv->state == SRV_DONE) {
                 if (status > 0) {
-                        aiot_log(AIOT_LOG_WARNING, "%s %d %s while stopping", kind_name(p->kind), p->index, how);
+                        aiot_log(AIOT_LOG_WARNING, "%s %d %s while stopping", aiot__kind_name(p->kind),
+                                 p->index, how);
                         if (srv->state == SRV_STOPPING)
                                 srv->exit_status = AIOT_EXIT_FAILURE;
                 } else
-                        aiot_log(AIOT_LOG_DEBUG, "%s %d (pid %d) %s", kind_name(p->kind), p->index, (int)p->pid,
-                                 how);
+                        aiot_log(AIOT_LOG_DEBUG, "%s %d (pid %d) %s", aiot__kind_name(p->kind), p->index,
+                                 (int)p->pid, how);
                 return;
         }
         if (p->replaced_by) {
-                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) %s; its replacement takes over", kind_name(p->kind),
-                         p->index, (int)p->pid, how);
+                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) %s; its replacement takes over",
+                         aiot__kind_name(p->kind), p->index, (int)p->pid, how);
                 return;
         }
         if (!p->ever_ready) {
@@ -341,15 +353,16 @@ static void proc_exited(struct proc *p, int status, struct proc_step *st)
                 return;
         }
         if (p->served)
-                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) %s; respawning", kind_name(p->kind), p->index,
-                         (int)p->pid, how);
+                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) %s; respawning", aiot__kind_name(p->kind),
+                         p->index, (int)p->pid, how);
         else
                 aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) %s before it was ready%s%s; respawning",
-                         kind_name(p->kind), p->index, (int)p->pid, how, p->setup_error < 0 ? ": " : "",
+                         aiot__kind_name(p->kind), p->index, (int)p->pid, how,
+                         p->setup_error < 0 ? ": " : "",
                          p->setup_error < 0 ? strerror(-p->setup_error) : "");
         if (count_crash(srv)) {
-                aiot_log(AIOT_LOG_ERR, "crash loop: more than %d restarts within %g s; stopping", srv->restart_limit,
-                         srv->restart_window);
+                aiot_log(AIOT_LOG_ERR, "crash loop: more than %d restarts within %g s; stopping",
+                         srv->restart_limit, srv->restart_window);
                 st->next = PROC_EXITED;
                 st->then = THEN_SERVER_FAILS;
                 return;
@@ -390,8 +403,8 @@ static void proc_stop(struct proc *p, int signo)
 
 static void proc_kill(struct proc *p, const char *what, double after)
 {
-        aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) did not %s within %g s; killing it", kind_name(p->kind),
-                 p->index, (int)p->pid, what, after);
+        aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) did not %s within %g s; killing it",
+                 aiot__kind_name(p->kind), p->index, (int)p->pid, what, after);
         ev_timer_stop(p->srv->evl, &p->stop_timer);
         ev_timer_stop(p->srv->evl, &p->abort_timer);
         proc_signal(p, SIGKILL);
@@ -410,17 +423,17 @@ static void proc_cut(struct proc *p)
 
 static void respawn_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-        proc_transition(w->data, PE_START, 0);
+        aiot__proc_transition(w->data, PE_START, 0);
 }
 
 static void stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-        proc_transition(w->data, PE_STOP_TIMEOUT, 0);
+        aiot__proc_transition(w->data, PE_STOP_TIMEOUT, 0);
 }
 
 static void abort_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-        proc_transition(w->data, PE_ABORT_TIMEOUT, 0);
+        aiot__proc_transition(w->data, PE_ABORT_TIMEOUT, 0);
 }
 
 /* ---------------------------------------------------------------- the transition */
@@ -471,8 +484,8 @@ static void proc_decide(struct proc *p, enum proc_event ev, int arg, struct proc
                 }
                 return;
         case PE_EXIT:
-                if (proc_live(p)) {
-                        channel_close(p);
+                if (aiot__proc_live(p)) {
+                        aiot__channel_close(p);
                         ev_timer_stop(srv->evl, &p->stop_timer);
                         ev_timer_stop(srv->evl, &p->abort_timer);
                         proc_exited(p, arg, st);
@@ -482,7 +495,7 @@ static void proc_decide(struct proc *p, enum proc_event ev, int arg, struct proc
 }
 
 /* The one place where a process changes state. */
-void proc_transition(struct proc *p, enum proc_event ev, int arg)
+void aiot__proc_transition(struct proc *p, enum proc_event ev, int arg)
 {
         struct server *srv = p->srv;
         struct proc_step st = {.next = p->state, .then = THEN_NOTHING};
@@ -499,17 +512,17 @@ void proc_transition(struct proc *p, enum proc_event ev, int arg)
         case THEN_NOTHING:
                 break;
         case THEN_SERVER_FAILS:
-                server_fail(srv);
+                aiot__server_fail(srv);
                 break;
         case THEN_RELOAD_FAILS:
-                reload_fail(srv, st.why);
+                aiot__reload_fail(srv, st.why);
                 break;
         case THEN_RECOUNT:
-                srv->n_workers = gen_workers(srv, srv->gen, NULL, NULL);
+                srv->n_workers = aiot__gen_workers(srv, srv->gen, NULL, NULL);
                 break;
         }
         if (st.next == PROC_READY)
-                gen_proc_ready(p, again);
+                aiot__gen_proc_ready(p, again);
         if (st.next == PROC_GONE)
-                server_check_done(srv);
+                aiot__server_check_done(srv);
 }

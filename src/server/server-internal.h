@@ -53,27 +53,27 @@ struct msg {
 /* Everything a worker or extra process needs from the supervisor, filled by
  * proc.c before aiot_fork() and only read in the child. */
 struct aiot__proc_spec {
-        int kind;                       /* AIOT_WORKER or AIOT_EXTRA */
+        int kind; /* AIOT_WORKER or AIOT_EXTRA */
         int index;
         unsigned gen;
         aiot_worker_fn fn;
-        const int *signals;             /* the stop signals */
+        const int *signals; /* the stop signals */
         size_t n_signals;
         aiot_listener *const *listeners; /* the supervisor's sockets (to reopen or to close) */
-        const aiot_listener *views;     /* what the context sees without reuseport */
+        const aiot_listener *views;      /* what the context sees without reuseport */
         size_t n_listeners;
-        size_t n_activated;             /* listeners[0..n_activated) came from LISTEN_FDS */
+        size_t n_activated; /* listeners[0..n_activated) came from LISTEN_FDS */
         bool reuseport;
         bool drop_uid, drop_gid;
         uid_t uid;
         gid_t gid;
         const char *user, *group;
-        const char *title;              /* the process title's prefix, or NULL */
-        const int *keep_fds;            /* sorted: the fds the child keeps */
+        const char *title;   /* the process title's prefix, or NULL */
+        const int *keep_fds; /* sorted: the fds the child keeps */
         size_t n_keep_fds;
-        uint64_t *beat_cell;            /* this process's heartbeat counter, or NULL */
+        uint64_t *beat_cell; /* this process's heartbeat counter, or NULL */
         double beat_period;
-        int report_fd;                  /* the write end of this process's report pipe */
+        int report_fd; /* the write end of this process's report pipe */
         pid_t supervisor_pid;
         void *data;
         int argc;
@@ -119,30 +119,30 @@ struct aiot_worker {
         int stop_signo;
         bool waited;
         bool recycled;
-        int report_fd;                  /* worker side: write end; -1 in the main context */
+        int report_fd; /* worker side: write end; -1 in the main context */
         const aiot_listener *listeners;
         size_t n_listeners;
-        aiot_listener **owned;          /* --reuseport: this worker's own sockets */
+        aiot_listener **owned; /* --reuseport: this worker's own sockets */
         ev_signal sigw[MAX_SIGNALS];
         struct aiot__beat beat;
         struct sig_handler handlers[MAX_HANDLERS];
 };
 
 /* worker.c: the child's entry point, given to aiot_fork() with a spec. */
-int worker_main(void *spec);
+int aiot__worker_main(void *spec);
 
 /* supervisor.c: the main context's half of aiot_worker_wait_stop(). */
-int main_wait_stop(aiot_worker *m);
+int aiot__main_wait_stop(aiot_worker *m);
 
 /* channel.c, the worker ends. */
-void report_send(int fd, int type, int value);
-void beat_start(struct ev_loop *evl, struct aiot__beat *b, uint64_t *cell, double period);
-void beat_stop(struct ev_loop *evl, struct aiot__beat *b);
+void aiot__report_send(int fd, int type, int value);
+void aiot__beat_start(struct ev_loop *evl, struct aiot__beat *b, uint64_t *cell, double period);
+void aiot__beat_stop(struct ev_loop *evl, struct aiot__beat *b);
 
 /* config.c: the fds open in this process, sorted; 0 or -errno. */
-int fd_snapshot(int **ret, size_t *n);
-bool fd_in(const int *set, size_t n, int fd);
-bool is_listener_fd(aiot_listener *const *ls, size_t n, int fd);
+int aiot__fd_snapshot(int **ret, size_t *n);
+bool aiot__fd_in(const int *set, size_t n, int fd);
+bool aiot__is_listener_fd(aiot_listener *const *ls, size_t n, int fd);
 
 /* ---------------------------------------------------------------- the supervisor's state */
 #ifdef AIOT__SUPERVISOR_SIDE
@@ -154,32 +154,32 @@ bool is_listener_fd(aiot_listener *const *ls, size_t n, int fd);
 #define BACKOFF_FIRST 0.1
 #define BACKOFF_CAP 3.2
 #define MAX_CRASHES 1024
-#define BEAT_CELLS 4096         /* heartbeat counters in the shared page(s) */
-#define ABORT_GRACE 5.0         /* at most this many seconds from SIGABRT to SIGKILL */
-#define ORPHAN_POLL 0.1         /* seconds between orphan sweeps as PID 1 without pidfd */
+#define BEAT_CELLS 4096 /* heartbeat counters in the shared page(s) */
+#define ABORT_GRACE 5.0 /* at most this many seconds from SIGABRT to SIGKILL */
+#define ORPHAN_POLL 0.1 /* seconds between orphan sweeps as PID 1 without pidfd */
 #define WORKER_TIMEOUT 30.0
-#define NOTIFY_RETRY 0.05       /* seconds between retries of a full notify socket */
+#define NOTIFY_RETRY 0.05 /* seconds between retries of a full notify socket */
 
 /* See the state diagram in proc.c. */
 enum proc_state {
-        PROC_IDLE,              /* not running; a respawn may be scheduled */
-        PROC_STARTING,          /* forked, not ready yet */
-        PROC_READY,             /* reported ready */
-        PROC_ABORTING,          /* hung: SIGABRT sent, the abort grace runs */
-        PROC_STOPPING,          /* sent its stop signal */
-        PROC_KILLING,           /* stopping, and sent SIGKILL */
-        PROC_EXITED,            /* ended, and its end fails the server */
-        PROC_GONE,              /* ended for good: proc_sweep() frees it */
+        PROC_IDLE,     /* not running; a respawn may be scheduled */
+        PROC_STARTING, /* forked, not ready yet */
+        PROC_READY,    /* reported ready */
+        PROC_ABORTING, /* hung: SIGABRT sent, the abort grace runs */
+        PROC_STOPPING, /* sent its stop signal */
+        PROC_KILLING,  /* stopping, and sent SIGKILL */
+        PROC_EXITED,   /* ended, and its end fails the server */
+        PROC_GONE,     /* ended for good: aiot__proc_sweep() frees it */
 };
 
 enum proc_event {
-        PE_START,               /* fork it */
-        PE_READY,               /* it reported READY */
-        PE_HUNG,                /* its heartbeat stalled beyond the worker timeout */
-        PE_STOP,                /* stop it with the signal in arg */
-        PE_STOP_TIMEOUT,        /* the stop timeout passed */
-        PE_ABORT_TIMEOUT,       /* the abort grace passed */
-        PE_EXIT,                /* it exited with the status in arg */
+        PE_START,         /* fork it */
+        PE_READY,         /* it reported READY */
+        PE_HUNG,          /* its heartbeat stalled beyond the worker timeout */
+        PE_STOP,          /* stop it with the signal in arg */
+        PE_STOP_TIMEOUT,  /* the stop timeout passed */
+        PE_ABORT_TIMEOUT, /* the abort grace passed */
+        PE_EXIT,          /* it exited with the status in arg */
 };
 
 enum server_state { SRV_STARTING, SRV_RUNNING, SRV_STOPPING, SRV_DONE };
@@ -192,24 +192,24 @@ struct proc {
         int kind, index;
         unsigned gen;
         aiot_worker_fn fn;
-        enum proc_state state;          /* written only by proc_transition() */
+        enum proc_state state; /* written only by aiot__proc_transition() */
         aiot_child *child;
         pid_t pid;
         int report_rd;
         ev_io report_w;
         ev_timer respawn_timer;
-        ev_timer stop_timer;            /* the stop timeout */
-        ev_timer abort_timer;           /* the grace after SIGABRT */
-        int setup_error;                /* from a FAILED message */
-        bool ever_ready;                /* some incarnation of this index was ready */
-        bool served;                    /* this incarnation was ready */
+        ev_timer stop_timer;  /* the stop timeout */
+        ev_timer abort_timer; /* the grace after SIGABRT */
+        int setup_error;      /* from a FAILED message */
+        bool ever_ready;      /* some incarnation of this index was ready */
+        bool served;          /* this incarnation was ready */
         bool recycle_asked;
         struct proc *replaces, *replaced_by;
         double ready_at;
-        double backoff;                 /* the delay of the next respawn */
-        int beat;                       /* index into srv->beats, or -1 */
+        double backoff; /* the delay of the next respawn */
+        int beat;       /* index into srv->beats, or -1 */
         uint64_t beat_last;
-        double beat_change;             /* when beat_last was last seen to change */
+        double beat_change; /* when beat_last was last seen to change */
 };
 
 /* The kinds of service-manager notification; the latest of each is kept
@@ -232,11 +232,11 @@ struct server {
         aiot_main_fn main_fn;
         const aiot_worker_fn *extra_fns;
         size_t n_extra;
-        size_t n_workers;               /* the target count (scaled by TTIN/TTOU) */
+        size_t n_workers; /* the target count (scaled by TTIN/TTOU) */
         int signals[MAX_SIGNALS];
         size_t n_signals;
         double stop_timeout;
-        double worker_timeout;          /* < 0: off */
+        double worker_timeout; /* < 0: off */
         double abort_grace;
         int restart_limit;
         double restart_window;
@@ -251,8 +251,8 @@ struct server {
         bool pidfile_written;
         const char *proc_title;
 
-        unsigned gen;                   /* the serving generation */
-        unsigned new_gen;               /* the generation a reload is starting, or 0 */
+        unsigned gen;     /* the serving generation */
+        unsigned new_gen; /* the generation a reload is starting, or 0 */
         unsigned next_gen;
         bool reload_pending;
 
@@ -261,27 +261,27 @@ struct server {
         ev_signal sigw[MAX_SIGNALS];
         ev_signal ctlw[N_CTL];
         bool ctl_on[N_CTL];
-        ev_signal chldw;                /* PID 1: reaps orphans */
+        ev_signal chldw; /* PID 1: reaps orphans */
         ev_timer start_w;
-        ev_timer live_w;                /* heartbeat checks, orphan reaping */
-        ev_timer wd_w;                  /* WATCHDOG=1 */
+        ev_timer live_w; /* heartbeat checks, orphan reaping */
+        ev_timer wd_w;   /* WATCHDOG=1 */
         double beat_period;
-        double wd_half;                 /* half of WATCHDOG_USEC, s; 0: no watchdog */
+        double wd_half; /* half of WATCHDOG_USEC, s; 0: no watchdog */
         struct notify_queue notify;
 
         struct proc **procs;
         size_t n_procs, cap_procs;
 
-        double crashes[MAX_CRASHES];    /* ring of crash times */
+        double crashes[MAX_CRASHES]; /* ring of crash times */
         size_t n_crashes;
 
-        uint64_t *beats;                /* BEAT_CELLS counters, MAP_SHARED */
+        uint64_t *beats; /* BEAT_CELLS counters, MAP_SHARED */
         bool beat_used[BEAT_CELLS];
 
         aiot_listener **listeners;
         size_t n_listeners;
-        size_t n_activated;             /* listeners[0..n_activated) came from LISTEN_FDS */
-        aiot_listener *lview;           /* copies of *listeners[i], what contexts see */
+        size_t n_activated;   /* listeners[0..n_activated) came from LISTEN_FDS */
+        aiot_listener *lview; /* copies of *listeners[i], what contexts see */
 
         int *entry_fds, *internal_fds, *keep_fds;
         size_t n_entry_fds, n_internal_fds, n_keep_fds;
@@ -291,54 +291,54 @@ struct server {
 };
 
 /* supervisor.c */
-double now_mono(void);
-const char *kind_name(int kind);
-bool is_stop_signal(const struct server *srv, int signo);
-int graceful_signal(const struct server *srv);
-void status_text(const struct server *srv, char *buf, size_t len);
-void server_stop(struct server *srv, int signo, bool by_signal);
-void server_fail(struct server *srv);
-void server_check_done(struct server *srv);
-void reap_orphans(struct server *srv);
-void drop_parent_watchers(void *srv);
+double aiot__now_mono(void);
+const char *aiot__kind_name(int kind);
+bool aiot__is_stop_signal(const struct server *srv, int signo);
+int aiot__graceful_signal(const struct server *srv);
+void aiot__status_text(const struct server *srv, char *buf, size_t len);
+void aiot__server_stop(struct server *srv, int signo, bool by_signal);
+void aiot__server_fail(struct server *srv);
+void aiot__server_check_done(struct server *srv);
+void aiot__reap_orphans(struct server *srv);
+void aiot__drop_parent_watchers(void *srv);
 
 /* proc.c */
-struct proc *proc_new(struct server *srv, int kind, int index, unsigned gen, aiot_worker_fn fn);
-void proc_free(struct server *srv, struct proc *p);
-void proc_sweep(struct server *srv);
-bool proc_active(const struct proc *p);
-bool proc_live(const struct proc *p);
-void proc_transition(struct proc *p, enum proc_event ev, int arg);
+struct proc *aiot__proc_new(struct server *srv, int kind, int index, unsigned gen, aiot_worker_fn fn);
+void aiot__proc_free(struct server *srv, struct proc *p);
+void aiot__proc_sweep(struct server *srv);
+bool aiot__proc_active(const struct proc *p);
+bool aiot__proc_live(const struct proc *p);
+void aiot__proc_transition(struct proc *p, enum proc_event ev, int arg);
 
 /* generation.c */
-bool gen_ready(const struct server *srv, unsigned gen);
-size_t gen_workers(const struct server *srv, unsigned gen, struct proc **highest, int *free_index);
-void gen_proc_ready(struct proc *p, bool again);
-void reload_fail(struct server *srv, const char *why);
-void recycle_start(struct proc *p);
-void ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents);
+bool aiot__gen_ready(const struct server *srv, unsigned gen);
+size_t aiot__gen_workers(const struct server *srv, unsigned gen, struct proc **highest, int *free_index);
+void aiot__gen_proc_ready(struct proc *p, bool again);
+void aiot__reload_fail(struct server *srv, const char *why);
+void aiot__recycle_start(struct proc *p);
+void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents);
 
 /* channel.c, the supervisor ends */
-int channel_open(struct proc *p, int *write_fd);
-void channel_opened(struct proc *p);
-void channel_close(struct proc *p);
-void channel_read(struct proc *p);
-void beat_release(struct proc *p);
-int beats_setup(struct server *srv);
-void beats_free(struct server *srv);
-void live_cb(struct ev_loop *loop, ev_timer *w, int revents);
-void wd_cb(struct ev_loop *loop, ev_timer *w, int revents);
-void notify_init(struct server *srv);
-void notify(struct server *srv, int kind, const char *status);
-void notify_free(struct server *srv);
+int aiot__channel_open(struct proc *p, int *write_fd);
+void aiot__channel_opened(struct proc *p);
+void aiot__channel_close(struct proc *p);
+void aiot__channel_read(struct proc *p);
+void aiot__beat_release(struct proc *p);
+int aiot__beats_setup(struct server *srv);
+void aiot__beats_free(struct server *srv);
+void aiot__live_cb(struct ev_loop *loop, ev_timer *w, int revents);
+void aiot__wd_cb(struct ev_loop *loop, ev_timer *w, int revents);
+void aiot__notify_init(struct server *srv);
+void aiot__notify(struct server *srv, int kind, const char *status);
+void aiot__notify_free(struct server *srv);
 
 /* config.c */
-int check_config(struct server *srv, const struct aiot_server_config *cfg);
-int open_listeners(struct server *srv, const struct aiot_server_config *cfg);
-int write_pidfile(struct server *srv);
-void remove_pidfile(struct server *srv);
-int snapshot_internal(struct server *srv);
-void snapshot_keep(struct server *srv);
+int aiot__check_config(struct server *srv, const struct aiot_server_config *cfg);
+int aiot__open_listeners(struct server *srv, const struct aiot_server_config *cfg);
+int aiot__write_pidfile(struct server *srv);
+void aiot__remove_pidfile(struct server *srv);
+int aiot__snapshot_internal(struct server *srv);
+void aiot__snapshot_keep(struct server *srv);
 
 #endif /* AIOT__SUPERVISOR_SIDE */
 #endif

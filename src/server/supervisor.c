@@ -34,12 +34,12 @@ const int aiot__ctl_signals[N_CTL] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1};
 
 /* ---------------------------------------------------------------- small helpers */
 
-const char *kind_name(int kind)
+const char *aiot__kind_name(int kind)
 {
         return kind == AIOT_EXTRA ? "extra process" : kind == AIOT_MAIN ? "main context" : "worker";
 }
 
-double now_mono(void)
+double aiot__now_mono(void)
 {
         struct timespec ts;
 
@@ -47,7 +47,7 @@ double now_mono(void)
         return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-bool is_stop_signal(const struct server *srv, int signo)
+bool aiot__is_stop_signal(const struct server *srv, int signo)
 {
         for (size_t i = 0; i < srv->n_signals; i++)
                 if (srv->signals[i] == signo)
@@ -58,24 +58,25 @@ bool is_stop_signal(const struct server *srv, int signo)
 /* The signal a graceful stop sends when no signal asked for it (a failure,
  * the old generation after a reload, TTOU, a recycle): SIGTERM if it is a
  * stop signal, else the first one. */
-int graceful_signal(const struct server *srv)
+int aiot__graceful_signal(const struct server *srv)
 {
-        return is_stop_signal(srv, SIGTERM) ? SIGTERM : srv->signals[0];
+        return aiot__is_stop_signal(srv, SIGTERM) ? SIGTERM : srv->signals[0];
 }
 
-void status_text(const struct server *srv, char *buf, size_t len)
+void aiot__status_text(const struct server *srv, char *buf, size_t len)
 {
-        snprintf(buf, len, "%zu worker%s, generation %u", srv->n_workers, srv->n_workers == 1 ? "" : "s", srv->gen);
+        snprintf(buf, len, "%zu worker%s, generation %u", srv->n_workers, srv->n_workers == 1 ? "" : "s",
+                 srv->gen);
 }
 
 /* ---------------------------------------------------------------- stop and done */
 
-void server_check_done(struct server *srv)
+void aiot__server_check_done(struct server *srv)
 {
         if (srv->state != SRV_STOPPING)
                 return;
         for (size_t i = 0; i < srv->n_procs; i++)
-                if (proc_live(srv->procs[i]) || srv->procs[i]->state == PROC_IDLE)
+                if (aiot__proc_live(srv->procs[i]) || srv->procs[i]->state == PROC_IDLE)
                         return;
         srv->state = SRV_DONE;
         ev_timer_stop(srv->evl, &srv->start_w);
@@ -88,10 +89,10 @@ void server_check_done(struct server *srv)
 }
 
 /* A failure: the server stops with exit status 1. */
-void server_fail(struct server *srv)
+void aiot__server_fail(struct server *srv)
 {
         srv->exit_status = AIOT_EXIT_FAILURE;
-        server_stop(srv, graceful_signal(srv), false);
+        aiot__server_stop(srv, aiot__graceful_signal(srv), false);
 }
 
 /* At the final stop nobody will accept again: the supervisor drops its copies
@@ -109,7 +110,7 @@ static void drop_listener_copies(struct server *srv)
 
 /* Relays signo to every process.  A failure is not a stop signal: the main
  * context's aiot_worker_wait_stop() then returns 0. */
-void server_stop(struct server *srv, int signo, bool by_signal)
+void aiot__server_stop(struct server *srv, int signo, bool by_signal)
 {
         char status[64];
 
@@ -122,12 +123,12 @@ void server_stop(struct server *srv, int signo, bool by_signal)
                         snprintf(status, sizeof(status), "stopping (SIG%s)", sigabbrev_np(signo) ?: "?");
                 else
                         snprintf(status, sizeof(status), "stopping (failure)");
-                notify(srv, AIOT__SD_STOPPING, status);
+                aiot__notify(srv, AIOT__SD_STOPPING, status);
                 drop_listener_copies(srv);
         }
         for (size_t i = 0; i < srv->n_procs; i++)
-                proc_transition(srv->procs[i], PE_STOP, signo);
-        server_check_done(srv);
+                aiot__proc_transition(srv->procs[i], PE_STOP, signo);
+        aiot__server_check_done(srv);
 }
 
 static void sup_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
@@ -136,7 +137,7 @@ static void sup_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
         if (srv->state != SRV_STOPPING && srv->state != SRV_DONE)
                 aiot_log(AIOT_LOG_NOTICE, "SIG%s received, stopping", sigabbrev_np(w->signum) ?: "?");
-        server_stop(srv, w->signum, true);
+        aiot__server_stop(srv, w->signum, true);
 }
 
 /* ---------------------------------------------------------------- PID 1 */
@@ -154,7 +155,7 @@ static bool pid_tracked(const struct server *srv, pid_t pid)
  * waitid() peek sees one zombie at a time, so when it is ours, this runs
  * again after the fork module has reaped it (the exit callback) or on the
  * next liveness tick. */
-void reap_orphans(struct server *srv)
+void aiot__reap_orphans(struct server *srv)
 {
         for (int i = 0; i < 256; i++) {
                 siginfo_t si;
@@ -171,7 +172,7 @@ void reap_orphans(struct server *srv)
 
 static void chld_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
-        reap_orphans(w->data);
+        aiot__reap_orphans(w->data);
 }
 
 /* ---------------------------------------------------------------- the start */
@@ -183,31 +184,33 @@ static void start_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
         if (srv->state != SRV_STARTING)
                 return;
-        snapshot_keep(srv);
+        aiot__snapshot_keep(srv);
         srv->gen = srv->next_gen = 1;
         for (size_t i = 0; i < srv->n_workers + srv->n_extra; i++) {
                 bool extra = i >= srv->n_workers;
 
-                if (!proc_new(srv, extra ? AIOT_EXTRA : AIOT_WORKER, (int)(extra ? i - srv->n_workers : i), 1,
-                              extra ? srv->extra_fns[i - srv->n_workers] : srv->worker_fn)) {
+                if (!aiot__proc_new(srv, extra ? AIOT_EXTRA : AIOT_WORKER,
+                                    (int)(extra ? i - srv->n_workers : i), 1,
+                                    extra ? srv->extra_fns[i - srv->n_workers] : srv->worker_fn)) {
                         aiot_log(AIOT_LOG_ERR, "out of memory");
-                        server_fail(srv);
+                        aiot__server_fail(srv);
                         return;
                 }
         }
         aiot_log(AIOT_LOG_INFO, "starting %zu processes (tracked by %s)", srv->n_procs,
                  aiot_fork_mode() == AIOT_FORK_PIDFD ? "pidfd" : "SIGCHLD");
-        snprintf(status, sizeof(status), "starting %zu worker%s", srv->n_workers, srv->n_workers == 1 ? "" : "s");
-        notify(srv, AIOT__SD_STATUS, status);
+        snprintf(status, sizeof(status), "starting %zu worker%s", srv->n_workers,
+                 srv->n_workers == 1 ? "" : "s");
+        aiot__notify(srv, AIOT__SD_STATUS, status);
         for (size_t i = 0; i < srv->n_procs && srv->state == SRV_STARTING; i++)
-                proc_transition(srv->procs[i], PE_START, 0);
+                aiot__proc_transition(srv->procs[i], PE_START, 0);
 }
 
 /* ---------------------------------------------------------------- the main context */
 
 /* The main context's half of aiot_worker_wait_stop(): it runs in the
  * supervisor, so it waits for the server's end. */
-int main_wait_stop(aiot_worker *m)
+int aiot__main_wait_stop(aiot_worker *m)
 {
         struct server *srv = (struct server *)((char *)m - offsetof(struct server, main));
         int r;
@@ -258,7 +261,7 @@ static int main_root(void *arg)
 /* In a child, through its spec's drop_parent hook: libev ties each signal to
  * one loop process-wide, so the supervisor's watchers are dropped for the
  * child's loop to take them. */
-void drop_parent_watchers(void *arg)
+void aiot__drop_parent_watchers(void *arg)
 {
         struct server *srv = arg;
 
@@ -279,7 +282,7 @@ void drop_parent_watchers(void *arg)
 static void server_free(struct server *srv)
 {
         for (size_t i = 0; i < srv->n_procs; i++)
-                proc_free(srv, srv->procs[i]);
+                aiot__proc_free(srv, srv->procs[i]);
         if (srv->evl) {
                 for (size_t i = 0; i < srv->n_signals; i++)
                         ev_signal_stop(srv->evl, &srv->sigw[i]);
@@ -291,16 +294,16 @@ static void server_free(struct server *srv)
                 ev_timer_stop(srv->evl, &srv->live_w);
                 ev_timer_stop(srv->evl, &srv->wd_w);
                 ev_timer_stop(srv->evl, &srv->start_w);
-                notify_free(srv);
+                aiot__notify_free(srv);
         }
-        remove_pidfile(srv);
+        aiot__remove_pidfile(srv);
         aiot_listeners_free(srv->listeners, srv->n_listeners);
         aiot_event_free(srv->done_ev);
         if (srv->loop)
                 aiot_loop_free(srv->loop);
         else if (srv->evl)
                 ev_loop_destroy(srv->evl);
-        beats_free(srv);
+        aiot__beats_free(srv);
         free(srv->lview);
         free(srv->procs);
         free(srv->entry_fds);
@@ -320,9 +323,9 @@ static void setup_watchers(struct server *srv)
                 ev_signal_start(srv->evl, &srv->sigw[i]);
         }
         for (size_t i = 0; i < N_CTL; i++) {
-                if (is_stop_signal(srv, aiot__ctl_signals[i]))
+                if (aiot__is_stop_signal(srv, aiot__ctl_signals[i]))
                         continue;
-                ev_signal_init(&srv->ctlw[i], ctl_signal_cb, aiot__ctl_signals[i]);
+                ev_signal_init(&srv->ctlw[i], aiot__ctl_signal_cb, aiot__ctl_signals[i]);
                 srv->ctlw[i].data = srv;
                 ev_signal_start(srv->evl, &srv->ctlw[i]);
                 srv->ctl_on[i] = true;
@@ -341,7 +344,7 @@ static void setup_watchers(struct server *srv)
         if (aiot_sd_watchdog_usec(&wd_usec) > 0 && wd_usec > 0)
                 srv->wd_half = (double)wd_usec / 2e6;
         if (srv->worker_timeout > 0 || srv->wd_half > 0)
-                (void)beats_setup(srv);
+                (void)aiot__beats_setup(srv);
         /* Eight ticks per timeout: a stall is seen at most a quarter of the
          * timeout late, which leaves room for the abort grace within
          * worker-timeout + 1 s. */
@@ -350,17 +353,17 @@ static void setup_watchers(struct server *srv)
         if (srv->wd_half > 0 && srv->wd_half / 2 < p)
                 p = srv->wd_half / 2;
         srv->beat_period = p < 0.005 ? 0.005 : p;
-        ev_timer_init(&srv->live_w, live_cb, srv->beat_period, srv->beat_period);
+        ev_timer_init(&srv->live_w, aiot__live_cb, srv->beat_period, srv->beat_period);
         srv->live_w.data = srv;
         if (srv->beats || srv->pid == 1)
                 ev_timer_start(srv->evl, &srv->live_w);
-        ev_timer_init(&srv->wd_w, wd_cb, srv->wd_half, srv->wd_half);
+        ev_timer_init(&srv->wd_w, aiot__wd_cb, srv->wd_half, srv->wd_half);
         srv->wd_w.data = srv;
         if (srv->wd_half > 0)
                 ev_timer_start(srv->evl, &srv->wd_w);
         ev_timer_init(&srv->start_w, start_cb, 0., 0.);
         srv->start_w.data = srv;
-        notify_init(srv);
+        aiot__notify_init(srv);
 }
 
 /* The loop, and what runs on it: the main context or the start timer. */
@@ -414,7 +417,7 @@ int aiot_server_run(const struct aiot_server_config *cfg)
         srv->exit_status = AIOT_EXIT_OK;
         srv->pid = getpid();
         srv->main = (aiot_worker){.kind = AIOT_MAIN, .index = AIOT_INDEX_MAIN, .report_fd = -1};
-        if (check_config(srv, cfg) < 0) {
+        if (aiot__check_config(srv, cfg) < 0) {
                 server_free(srv);
                 free(srv);
                 return AIOT_EXIT_USAGE;
@@ -433,7 +436,7 @@ int aiot_server_run(const struct aiot_server_config *cfg)
                 snprintf(title, sizeof(title), "%s: supervisor", srv->proc_title);
                 (void)aiot__proctitle_set(title, NULL);
         }
-        (void)fd_snapshot(&srv->entry_fds, &srv->n_entry_fds);
+        (void)aiot__fd_snapshot(&srv->entry_fds, &srv->n_entry_fds);
         sigemptyset(&ign.sa_mask);
         sigaction(SIGPIPE, &ign, &old_pipe);
 
@@ -446,14 +449,14 @@ int aiot_server_run(const struct aiot_server_config *cfg)
         srv->main.loop = srv->loop;
         setup_watchers(srv);
 
-        if (open_listeners(srv, cfg) < 0 || write_pidfile(srv) < 0) {
+        if (aiot__open_listeners(srv, cfg) < 0 || aiot__write_pidfile(srv) < 0) {
                 status = AIOT_EXIT_USAGE;
                 goto out;
         }
         srv->main.listeners = srv->lview;
         srv->main.n_listeners = srv->n_listeners;
         /* From here the supervisor's fds are known; the main context's are kept. */
-        (void)snapshot_internal(srv);
+        (void)aiot__snapshot_internal(srv);
         r = run_loop(srv);
         if (r < 0) {
                 aiot_log(AIOT_LOG_ERR, "cannot run the supervisor loop: %s", strerror(-r));

@@ -2,7 +2,7 @@
 /* The worker side: a worker or extra process from its fork to its exit, and
  * the public aiot_worker_* calls.
  *
- * The child runs worker_main() on the supervisor's stack, inside a callback
+ * The child runs aiot__worker_main() on the supervisor's stack, inside a callback
  * of the supervisor's loop, which it abandons.  All it knows of the server is
  * the const struct aiot__proc_spec that proc.c filled before the fork: this
  * file is compiled without the supervisor's structs (see server-internal.h).
@@ -68,19 +68,19 @@ static void close_unwanted_fds(const struct aiot__proc_spec *spec)
         int *fds = NULL;
         size_t n = 0;
 
-        if (fd_snapshot(&fds, &n) < 0)
+        if (aiot__fd_snapshot(&fds, &n) < 0)
                 return;
         for (size_t i = 0; i < n; i++) {
                 int fd = fds[i];
 
                 if (fd <= STDERR_FILENO || fd == spec->report_fd)
                         continue;
-                if (is_listener_fd(spec->listeners, spec->n_listeners, fd)) {
+                if (aiot__is_listener_fd(spec->listeners, spec->n_listeners, fd)) {
                         if (spec->kind == AIOT_EXTRA)
                                 close(fd);
                         continue;
                 }
-                if (!fd_in(spec->keep_fds, spec->n_keep_fds, fd))
+                if (!aiot__fd_in(spec->keep_fds, spec->n_keep_fds, fd))
                         close(fd);
         }
         free(fds);
@@ -159,12 +159,12 @@ static int worker_root(void *arg)
         w->root = aiot_current();
         r = aiot_scope_open(&w->scope, NULL);
         if (r < 0) {
-                report_send(w->report_fd, MSG_FAILED, r);
+                aiot__report_send(w->report_fd, MSG_FAILED, r);
                 return r;
         }
         rc = w->fn(w);
         if (!w->waited)
-                report_send(w->report_fd, MSG_FAILED, rc < 0 ? rc : SETUP_NO_WAIT);
+                aiot__report_send(w->report_fd, MSG_FAILED, rc < 0 ? rc : SETUP_NO_WAIT);
         aiot_scope_cancel(w->scope);
         aiot_scope_close(w->scope);
         w->scope = NULL;
@@ -182,7 +182,7 @@ static void worker_free(aiot_worker *w)
                 for (size_t i = 0; i < MAX_HANDLERS; i++)
                         if (w->handlers[i].fn)
                                 ev_signal_stop(evl, &w->handlers[i].sw);
-                beat_stop(evl, &w->beat);
+                aiot__beat_stop(evl, &w->beat);
                 aiot_loop_free(w->loop);
         }
         aiot_event_free(w->stop_ev);
@@ -227,25 +227,33 @@ static int worker_loop(const struct aiot__proc_spec *spec, aiot_worker *w)
                 w->sigw[i].data = w;
                 ev_signal_start(evl, &w->sigw[i]);
         }
-        beat_start(evl, &w->beat, spec->beat_cell, spec->beat_period);
+        aiot__beat_start(evl, &w->beat, spec->beat_cell, spec->beat_period);
         return 0;
 }
 
 static void log_drop_failure(const struct aiot__proc_spec *spec, int r)
 {
         aiot_log(AIOT_LOG_ERR, "cannot drop privileges to %s%s%s%s%s: %s", spec->drop_uid ? "user " : "",
-                 spec->drop_uid ? (spec->user ? spec->user : "?") : "", spec->drop_uid && spec->group ? ", " : "",
-                 spec->group ? "group " : "", spec->group ? spec->group : "", strerror(-r));
+                 spec->drop_uid ? (spec->user ? spec->user : "?") : "",
+                 spec->drop_uid && spec->group ? ", " : "", spec->group ? "group " : "",
+                 spec->group ? spec->group : "", strerror(-r));
 }
 
 /* Runs in the new process, on the supervisor's stack, inside a callback of its
  * loop, which is abandoned here: never run, freed or touched again. */
-int worker_main(void *arg)
+int aiot__worker_main(void *arg)
 {
         const struct aiot__proc_spec *spec = arg;
-        aiot_worker w = {.kind = spec->kind, .index = spec->index, .gen = spec->gen, .fn = spec->fn,
-                         .signals = spec->signals, .n_signals = spec->n_signals, .data = spec->data,
-                         .argc = spec->argc, .argv = spec->argv, .report_fd = spec->report_fd};
+        aiot_worker w = {.kind = spec->kind,
+                         .index = spec->index,
+                         .gen = spec->gen,
+                         .fn = spec->fn,
+                         .signals = spec->signals,
+                         .n_signals = spec->n_signals,
+                         .data = spec->data,
+                         .argc = spec->argc,
+                         .argv = spec->argv,
+                         .report_fd = spec->report_fd};
         int r, rc;
 
         /* Die with the supervisor; the check closes the race with a supervisor
@@ -284,7 +292,7 @@ int worker_main(void *arg)
         worker_free(&w);
         return rc < 0 ? 1 : 0;
 fail:
-        report_send(spec->report_fd, MSG_FAILED, r);
+        aiot__report_send(spec->report_fd, MSG_FAILED, r);
         worker_free(&w);
         return 1;
 }
@@ -300,8 +308,8 @@ int aiot_worker_wait_stop(aiot_worker *w)
         aiot__return_if(!aiot_current() || aiot_current() != w->root, -EPERM);
         w->waited = true;
         if (w->kind == AIOT_MAIN)
-                return main_wait_stop(w);
-        report_send(w->report_fd, MSG_READY, 0);
+                return aiot__main_wait_stop(w);
+        aiot__report_send(w->report_fd, MSG_READY, 0);
         while (!w->stop_signo) {
                 r = aiot_event_wait(w->stop_ev);
                 if (r < 0)
@@ -412,7 +420,8 @@ int aiot_worker_on_signal(aiot_worker *w, int signo, aiot_task_fn fn, void *arg)
 
         aiot__return_if(!w, -EINVAL);
         aiot__return_if(w->kind == AIOT_MAIN, -EPERM);
-        aiot__return_if(signo <= 0 || signo >= NSIG || signo == SIGKILL || signo == SIGSTOP || signo == SIGCHLD,
+        aiot__return_if(signo <= 0 || signo >= NSIG || signo == SIGKILL || signo == SIGSTOP ||
+                                signo == SIGCHLD,
                         -EINVAL);
         aiot__return_if(spec_has_signal(w->signals, w->n_signals, signo) || !w->loop, -EINVAL);
         evl = aiot_loop_ev(w->loop);
@@ -452,6 +461,6 @@ int aiot_worker_recycle(aiot_worker *w)
         aiot__return_if(w->kind == AIOT_MAIN, -EPERM);
         aiot__return_if(w->recycled, -EALREADY);
         w->recycled = true;
-        report_send(w->report_fd, MSG_RECYCLE, 0);
+        aiot__report_send(w->report_fd, MSG_RECYCLE, 0);
         return 0;
 }

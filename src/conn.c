@@ -232,6 +232,17 @@ static ssize_t fill(aiot_conn *c, size_t want)
         return n;
 }
 
+/* The buffer size for the next read of read_until: the present one while it
+ * has room, else twice the unread bytes, at most max (more than unread). */
+static size_t in_want(const aiot_conn *c, size_t unread, size_t max)
+{
+        size_t want = c->in_cap ? c->in_cap : IN_FIRST;
+
+        if (unread >= want)
+                want = unread * 2 > max ? max : unread * 2;
+        return want;
+}
+
 ssize_t aiot_conn_read_until(aiot_conn *c, const char *delim, size_t max, const char **data)
 {
         size_t dlen;
@@ -255,7 +266,7 @@ ssize_t aiot_conn_read_until(aiot_conn *c, const char *delim, size_t max, const 
                 if (unread >= max)
                         return -EMSGSIZE;
                 scanned = unread;
-                n = fill(c, max < IN_FIRST ? IN_FIRST : max);
+                n = fill(c, in_want(c, unread, max));
                 if (n <= 0)
                         return n;
         }

@@ -126,27 +126,35 @@ static void conn_close(aiot_conn *c)
 
 static void conn_watch(aiot_conn *c);
 
-/* Runs the handler while there is something to serve; see the file comment. */
+/* Runs the handler while there is something to serve; see the file comment.
+ * The answers to pipelined messages gather in the write buffer and go out
+ * together (a read that would wait flushes them first, see conn.c). */
 static int conn_task(void *arg)
 {
         aiot_conn *c = arg;
         struct aiot__serve *srv = c->srv;
         int r;
 
-        c->busy = true;
         for (;;) {
                 aiot_deadline d;
-                int f;
+                bool keep, more;
 
                 aiot_deadline_begin(&d, srv->o.request_timeout);
                 r = srv->o.handler(c, srv->o.arg);
-                if (r >= 0 && (f = aiot_conn_flush(c, NULL)) < 0)
-                        r = f;
+                keep = r == AIOT_CONN_KEEP && !c->eof && !srv->closing;
+                more = keep && aiot__conn_buffered(c) > 0;
+                if (r >= 0 && !more) {
+                        int f = aiot_conn_flush(c, NULL);
+
+                        if (f < 0) {
+                                r = f;
+                                keep = false;
+                        }
+                }
                 aiot_deadline_end(&d);
-                if (r != AIOT_CONN_KEEP || c->eof || srv->closing)
+                if (!keep)
                         break;
-                if (aiot__conn_buffered(c) == 0) {
-                        c->busy = false;
+                if (!more) {
                         conn_watch(c);
                         return 0;
                 }

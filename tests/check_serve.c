@@ -1,0 +1,427 @@
+/* SPDX-License-Identifier: MIT */
+/* The serving layer, through real sockets on 127.0.0.1: each test forks a
+ * server (aiot_server_run() with one worker whose body is aiot_worker_serve())
+ * running a line protocol handler, and drives it as a client would.
+ *
+ * The handler answers each line with the same line and keeps the connection
+ * (AIOT_CONN_KEEP); a line longer than LINE_MAX gets "ERR\n" and a close.  In
+ * the "slow" mode it sleeps SLOW_SECS before answering, so that connections
+ * pile up in the accept queue. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <aiotools.h>
+
+#include "testutil.h"
+
+#define LINE_MAX_ 64
+#define SLOW_SECS 0.3
+#define T_WAIT 5000 /* ms: a bound for anything that must happen, on a loaded machine */
+
+static int slow_mode;
+
+static int line_conn(aiot_conn *c, void *arg)
+{
+        const char *line;
+        ssize_t n = aiot_conn_read_until(c, "\n", LINE_MAX_, &line);
+        int r;
+
+        (void)arg;
+        if (n == -EMSGSIZE)
+                return aiot_conn_write(c, "ERR\n", 4);
+        if (n <= 0)
+                return (int)n;
+        if (slow_mode && (r = aiot_sleep(SLOW_SECS)) < 0)
+                return r;
+        r = aiot_conn_write(c, line, (size_t)n);
+        return r < 0 ? r : AIOT_CONN_KEEP;
+}
+
+static struct aiot_serve_opts opts;
+
+static int serve_worker(aiot_worker *w)
+{
+        int r = aiot_worker_serve(w, &opts);
+
+        return r < 0 ? r : 0;
+}
+
+struct server {
+        pid_t pid;
+        int port;
+};
+
+static double now(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A port that was free a moment ago. */
+static int free_port(void)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+        close(fd);
+        return ntohs(sa.sin_port);
+}
+
+static int try_connect(int port)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ck_assert_int_ge(fd, 0);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                close(fd);
+                return -errno;
+        }
+        return fd;
+}
+
+static int tcp_connect(int port)
+{
+        int fd = try_connect(port);
+
+        ck_assert_msg(fd >= 0, "connect to %d: %s", port, strerror(-fd));
+        return fd;
+}
+
+/* Starts the server with the options in opts (handler set here). */
+static void server_start(struct server *s)
+{
+        static char bind_addr[32];
+        static const char *binds[1];
+        double t0 = now();
+        int fd;
+
+        s->port = free_port();
+        snprintf(bind_addr, sizeof(bind_addr), "127.0.0.1:%d", s->port);
+        binds[0] = bind_addr;
+        opts.size = sizeof(opts);
+        opts.handler = line_conn;
+        s->pid = fork();
+        ck_assert_int_ge(s->pid, 0);
+        if (s->pid == 0) {
+                struct aiot_server_config cfg = {
+                        .size = sizeof(cfg), .workers = 1, .worker = serve_worker,
+                        .binds = binds, .n_binds = 1, .stop_timeout = 20,
+                };
+
+                aiot_log_set_level(AIOT_LOG_WARNING);
+                _exit(aiot_server_run(&cfg));
+        }
+        /* Ready once it accepts (the probe connection is simply closed). */
+        while ((fd = try_connect(s->port)) < 0) {
+                ck_assert_msg(now() - t0 < T_WAIT / 1000.0, "the server did not start listening");
+                usleep(10000);
+        }
+        close(fd);
+}
+
+static int server_stop(struct server *s)
+{
+        int status;
+
+        kill(s->pid, SIGTERM);
+        ck_assert_int_eq(waitpid(s->pid, &status, 0), s->pid);
+        ck_assert(WIFEXITED(status));
+        return WEXITSTATUS(status);
+}
+
+/* Whether fd becomes readable within ms. */
+static int readable(int fd, int ms)
+{
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+
+        return poll(&p, 1, ms) == 1;
+}
+
+/* Reads exactly len bytes (or until EOF / error) with a bound per read. */
+static ssize_t read_n(int fd, char *buf, size_t len)
+{
+        size_t got = 0;
+
+        while (got < len) {
+                ssize_t n;
+
+                if (!readable(fd, T_WAIT))
+                        break;
+                n = read(fd, buf + got, len - got);
+                if (n <= 0)
+                        return got ? (ssize_t)got : n;
+                got += (size_t)n;
+        }
+        return (ssize_t)got;
+}
+
+static void send_str(int fd, const char *s)
+{
+        ck_assert_int_eq(write(fd, s, strlen(s)), (ssize_t)strlen(s));
+}
+
+static void expect_line(int fd, const char *line)
+{
+        char buf[256] = {0};
+        size_t len = strlen(line);
+
+        ck_assert_int_eq(read_n(fd, buf, len), (ssize_t)len);
+        ck_assert_str_eq(buf, line);
+}
+
+/* The peer closed: EOF (not a reset), within ms. */
+static void expect_eof(int fd, int ms)
+{
+        char c;
+
+        ck_assert_msg(readable(fd, ms), "not closed within %d ms", ms);
+        ck_assert_int_eq(read(fd, &c, 1), 0);
+}
+
+static void reset_opts(void)
+{
+        memset(&opts, 0, sizeof(opts));
+        slow_mode = 0;
+}
+
+START_TEST(test_echo_200_concurrent)
+{
+        struct server s;
+        int fds[200];
+        char line[32];
+
+        reset_opts();
+        server_start(&s);
+        for (int i = 0; i < 200; i++)
+                fds[i] = tcp_connect(s.port);
+        for (int i = 0; i < 200; i++) {
+                snprintf(line, sizeof(line), "hello %d\n", i);
+                send_str(fds[i], line);
+        }
+        for (int i = 0; i < 200; i++) {
+                snprintf(line, sizeof(line), "hello %d\n", i);
+                expect_line(fds[i], line);
+                close(fds[i]);
+        }
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(test_pipelined_in_order)
+{
+        struct server s;
+        int fd;
+
+        reset_opts();
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        send_str(fd, "one\ntwo\nthree\nfour");
+        expect_line(fd, "one\ntwo\nthree\n");
+        send_str(fd, "\nfive\n");
+        expect_line(fd, "four\nfive\n");
+        close(fd);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(test_keep_survives_idle_then_idle_timeout)
+{
+        struct server s;
+        int fd, silent;
+        double t0;
+
+        reset_opts();
+        opts.idle_timeout = 0.6;
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        silent = tcp_connect(s.port);
+        send_str(fd, "a\n");
+        expect_line(fd, "a\n");
+        usleep(300000); /* idle, less than the timeout */
+        send_str(fd, "b\n");
+        expect_line(fd, "b\n");
+        t0 = now();
+        expect_eof(fd, T_WAIT);
+        ck_assert_double_ge(now() - t0, 0.4);
+        /* A connection that never sent a byte is closed too. */
+        expect_eof(silent, T_WAIT);
+        close(fd);
+        close(silent);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+/* A client trickling a byte every 0.2 s is cut off by the request timeout,
+ * counted from its first byte; a normal client is answered meanwhile. */
+START_TEST(test_request_timeout_stops_slowloris)
+{
+        struct server s;
+        int slow, fd, closed = 0;
+        double t0;
+
+        reset_opts();
+        opts.request_timeout = 0.8;
+        server_start(&s);
+        slow = tcp_connect(s.port);
+        fd = tcp_connect(s.port);
+        t0 = now();
+        for (int i = 0; i < 25 && !closed; i++) {
+                if (write(slow, "x", 1) != 1)
+                        break;
+                send_str(fd, "ping\n");
+                expect_line(fd, "ping\n");
+                closed = readable(slow, 200);
+        }
+        ck_assert_msg(closed, "the slow client was not cut off");
+        ck_assert_double_ge(now() - t0, 0.6);
+        ck_assert_double_lt(now() - t0, 3.0);
+        {
+                char c;
+
+                ck_assert_int_eq(read(slow, &c, 1), 0);
+        }
+        send_str(fd, "still\n");
+        expect_line(fd, "still\n");
+        close(slow);
+        close(fd);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(test_max_connections_holds_and_recovers)
+{
+        struct server s;
+        int a, b, c;
+
+        reset_opts();
+        opts.max_connections = 2;
+        server_start(&s);
+        usleep(100000); /* the probe connection is closed */
+        a = tcp_connect(s.port);
+        send_str(a, "a\n");
+        expect_line(a, "a\n");
+        b = tcp_connect(s.port);
+        send_str(b, "b\n");
+        expect_line(b, "b\n");
+        c = tcp_connect(s.port); /* queued by the kernel, not accepted */
+        send_str(c, "c\n");
+        ck_assert_msg(!readable(c, 400), "a third connection was served at the limit of 2");
+        close(a);
+        expect_line(c, "c\n");
+        send_str(b, "b2\n");
+        expect_line(b, "b2\n");
+        close(b);
+        close(c);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+/* Stop with connections open and queued past the limit: every request is
+ * answered, none is reset, and the server exits cleanly. */
+START_TEST(test_stop_answers_open_and_queued)
+{
+        struct server s;
+        int fds[20];
+        double t0;
+
+        reset_opts();
+        opts.max_connections = 5;
+        slow_mode = 1; /* 5 served at a time, 15 wait in the accept queue */
+        server_start(&s);
+        usleep(100000);
+        for (int i = 0; i < 20; i++) {
+                fds[i] = tcp_connect(s.port);
+                send_str(fds[i], "q\n");
+        }
+        kill(s.pid, SIGTERM);
+        for (int i = 0; i < 20; i++) {
+                expect_line(fds[i], "q\n");
+                close(fds[i]);
+        }
+        t0 = now();
+        {
+                int status;
+
+                ck_assert_int_eq(waitpid(s.pid, &status, 0), s.pid);
+                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        ck_assert_double_lt(now() - t0, 5.0);
+        ck_assert_int_eq(try_connect(s.port), -ECONNREFUSED);
+}
+END_TEST
+
+START_TEST(test_overlong_line_and_garbage)
+{
+        struct server s;
+        char big[200], bin[256];
+        int fd;
+
+        reset_opts();
+        server_start(&s);
+        memset(big, 'a', sizeof(big));
+        fd = tcp_connect(s.port);
+        ck_assert_int_eq(write(fd, big, sizeof(big)), (ssize_t)sizeof(big));
+        expect_line(fd, "ERR\n");
+        expect_eof(fd, T_WAIT);
+        close(fd);
+        for (int i = 0; i < 256; i++)
+                bin[i] = (char)(255 - i); /* contains '\n' and NUL */
+        fd = tcp_connect(s.port);
+        ck_assert_int_eq(write(fd, bin, sizeof(bin)), (ssize_t)sizeof(bin));
+        shutdown(fd, SHUT_WR);
+        {
+                char back[512];
+                ssize_t n = read_n(fd, back, sizeof(back));
+
+                ck_assert_int_gt(n, 0); /* the first "line", up to '\n', then ERR or EOF */
+        }
+        close(fd);
+        /* The server still serves. */
+        fd = tcp_connect(s.port);
+        send_str(fd, "ok\n");
+        expect_line(fd, "ok\n");
+        close(fd);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+static Suite *serve_suite(void)
+{
+        Suite *s = suite_create("serve");
+        TCase *tc = tcase_create("serve");
+
+        tcase_set_timeout(tc, 30);
+        tcase_add_test(tc, test_echo_200_concurrent);
+        tcase_add_test(tc, test_pipelined_in_order);
+        tcase_add_test(tc, test_keep_survives_idle_then_idle_timeout);
+        tcase_add_test(tc, test_request_timeout_stops_slowloris);
+        tcase_add_test(tc, test_max_connections_holds_and_recovers);
+        tcase_add_test(tc, test_stop_answers_open_and_queued);
+        tcase_add_test(tc, test_overlong_line_and_garbage);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void)
+{
+        signal(SIGPIPE, SIG_IGN);
+        return testutil_run(serve_suite());
+}

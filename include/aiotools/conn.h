@@ -57,6 +57,9 @@ struct aiot_serve_opts {
         double drain_timeout;   /* after the stop signal: how long connections may finish
                                    and kept ones may send a last request; 0: 10 s */
         size_t stack_size;      /* of a handler's task; 0: the loop's */
+        int server_first;       /* the handler first runs at accept, not at the first byte
+                                   (protocols where the server speaks first); the request
+                                   timeout then counts from the accept */
 };
 
 /* The standard worker body: one acceptor task per listener of w, a connection

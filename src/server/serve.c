@@ -5,8 +5,8 @@
  * A connection is in one of two states.  Watched: no task, a libev watcher on
  * its fd, and a place in the idle list (oldest first, so that one timer for
  * the head closes every connection idle past the idle timeout).  Every new
- * connection starts there, so that a client that connects and sends nothing
- * costs no stack.  Busy: a task runs the handler; it starts when the watcher
+ * connection starts there (unless server_first), so that a client that
+ * connects and sends nothing costs no stack.  Busy: a task runs the handler; it starts when the watcher
  * reports bytes, runs the handler under the request timeout (a deadline, so
  * it counts from the first byte however slowly the rest trickles in), runs it
  * again at once while bytes are buffered (pipelining) and, when the handler
@@ -216,7 +216,15 @@ static void conn_open(struct aiot__serve *srv, int fd)
         srv->n_conns++;
         if (srv->n_conns >= srv->o.max_connections)
                 aiot_event_clear(srv->room);
-        conn_watch(c);
+        if (!srv->o.server_first) {
+                conn_watch(c);
+                return;
+        }
+        c->drained = true; /* nothing has arrived yet: wait before reading */
+        if (aiot_spawn_opts(srv->conns, conn_task, c, &srv->so, NULL) < 0) {
+                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", fd);
+                conn_close(c);
+        }
 }
 
 /* ---------------------------------------------------------------- accepting */
@@ -291,7 +299,8 @@ static int opts_resolve(const struct aiot_serve_opts *in, struct aiot__serve *sr
         aiot__return_if(!in || in->size < offsetof(struct aiot_serve_opts, stack_size) + sizeof(size_t), -EINVAL);
         aiot__return_if(!in->handler, -EINVAL);
         aiot__return_if(isnan(in->idle_timeout) || isnan(in->request_timeout) || isnan(in->drain_timeout), -EINVAL);
-        memcpy(&srv->o, in, sizeof(srv->o));
+        /* A caller built before the later fields gets them zeroed. */
+        memcpy(&srv->o, in, in->size < sizeof(srv->o) ? in->size : sizeof(srv->o));
         srv->o.size = sizeof(srv->o);
         if (!srv->o.max_connections)
                 srv->o.max_connections = DEFAULT_MAX_CONNECTIONS;

@@ -13,16 +13,22 @@
 
 struct aiot__serve;
 
+/* The buffers, allocated on first use and freed once empty: a kept (idle)
+ * connection never holds them. */
+struct aiot__conn_buf {
+        char *in;                   /* the read buffer: bytes [in_off, in_len) are unread */
+        size_t in_cap, in_off, in_len;
+        char *out;                  /* the write buffer */
+        size_t out_len, out_cap;
+};
+
 /* Kept small: an idle kept connection holds only this and its state area. */
 struct aiot_conn {
         ev_io io;                   /* watches the fd while the connection is kept */
         struct aiot__serve *srv;
         aiot_conn *idle_prev, *idle_next; /* the server's idle list, oldest first */
         double idle_since;          /* libev time when it became idle */
-        char *in;                   /* the read buffer: bytes [in_off, in_len) are unread */
-        size_t in_cap, in_off, in_len;
-        char *out;                  /* the write buffer */
-        size_t out_len, out_cap;
+        struct aiot__conn_buf *buf; /* NULL while both buffers are empty */
         int fd;
         bool drained;               /* the last read emptied the socket: wait before reading */
         bool eof;

@@ -3,9 +3,9 @@
  * caller asks for (read_until's maximum), and a write buffer sent with one
  * sendmsg (a writev with MSG_NOSIGNAL) per flush.
  *
- * Both buffers exist only while they hold bytes, or while a handler runs:
- * aiot__conn_shrink() frees them before a connection is kept, so that an idle
- * connection costs its struct and its state area only.
+ * The buffers (struct aiot__conn_buf) exist only while they hold bytes, or
+ * while a handler runs: aiot__conn_shrink() frees them before a connection is
+ * kept, so that an idle connection costs its struct and its state area only.
  *
  * Reads: after a read(2) that returned less than it asked for, the socket is
  * empty, so the next read waits for readability first instead of making a
@@ -38,33 +38,44 @@ int aiot__conn_new(struct aiot__serve *srv, int fd, size_t state_size, aiot_conn
         return 0;
 }
 
+static void buf_free(aiot_conn *c)
+{
+        if (c->buf) {
+                free(c->buf->in);
+                free(c->buf->out);
+                free(c->buf);
+                c->buf = NULL;
+        }
+}
+
+/* The buffers, allocated on first use; NULL when out of memory. */
+static struct aiot__conn_buf *buf_get(aiot_conn *c)
+{
+        if (!c->buf)
+                c->buf = calloc(1, sizeof(*c->buf));
+        return c->buf;
+}
+
 void aiot__conn_free(aiot_conn *c)
 {
         if (!c)
                 return;
         (void)aiot_close(c->fd);
-        free(c->in);
-        free(c->out);
+        buf_free(c);
         free(c);
 }
 
 void aiot__conn_shrink(aiot_conn *c)
 {
-        if (c->in_off == c->in_len) {
-                free(c->in);
-                c->in = NULL;
-                c->in_cap = c->in_off = c->in_len = 0;
-        }
-        if (c->out_len == 0) {
-                free(c->out);
-                c->out = NULL;
-                c->out_cap = 0;
-        }
+        struct aiot__conn_buf *b = c->buf;
+
+        if (b && b->in_off == b->in_len && b->out_len == 0)
+                buf_free(c);
 }
 
 size_t aiot__conn_buffered(const aiot_conn *c)
 {
-        return c->in_len - c->in_off;
+        return c->buf ? c->buf->in_len - c->buf->in_off : 0;
 }
 
 void *aiot_conn_state(aiot_conn *c)
@@ -127,47 +138,52 @@ static int send_all(aiot_conn *c, struct iovec *iov, int n, size_t *sent)
 /* The buffered bytes and then buf[0..n), in one go; the buffer is empty after. */
 static int send_with(aiot_conn *c, const void *buf, size_t n, size_t *sent)
 {
+        struct aiot__conn_buf *b = c->buf;
         struct iovec iov[2];
         int k = 0, r;
         size_t dummy;
 
-        if (c->out_len)
-                iov[k++] = (struct iovec){.iov_base = c->out, .iov_len = c->out_len};
+        if (b && b->out_len)
+                iov[k++] = (struct iovec){.iov_base = b->out, .iov_len = b->out_len};
         if (n)
                 iov[k++] = (struct iovec){.iov_base = (void *)buf, .iov_len = n};
         r = k ? send_all(c, iov, k, sent ? sent : &dummy) : 0;
         if (!k && sent)
                 *sent = 0;
-        c->out_len = 0;
+        if (b)
+                b->out_len = 0;
         return r;
 }
 
-static int out_reserve(aiot_conn *c, size_t n)
+static int out_reserve(struct aiot__conn_buf *b, size_t n)
 {
-        size_t cap = c->out_cap ? c->out_cap : OUT_FIRST;
+        size_t cap = b->out_cap ? b->out_cap : OUT_FIRST;
         char *p;
 
-        while (cap < c->out_len + n)
+        while (cap < b->out_len + n)
                 cap *= 2;
-        if (cap == c->out_cap)
+        if (cap == b->out_cap)
                 return 0;
-        p = realloc(c->out, cap);
+        p = realloc(b->out, cap);
         if (!p)
                 return -ENOMEM;
-        c->out = p;
-        c->out_cap = cap;
+        b->out = p;
+        b->out_cap = cap;
         return 0;
 }
 
 int aiot_conn_write(aiot_conn *c, const void *buf, size_t n)
 {
+        struct aiot__conn_buf *b;
+
         aiot__return_if(!c || (!buf && n), -EINVAL);
-        if (c->out_len + n > OUT_MAX)
+        if ((c->buf ? c->buf->out_len : 0) + n > OUT_MAX)
                 return send_with(c, buf, n, NULL);
-        if (out_reserve(c, n) < 0)
+        b = buf_get(c);
+        if (!b || out_reserve(b, n) < 0)
                 return -ENOMEM;
-        memcpy(c->out + c->out_len, buf, n);
-        c->out_len += n;
+        memcpy(b->out + b->out_len, buf, n);
+        b->out_len += n;
         return 0;
 }
 
@@ -181,25 +197,25 @@ int aiot_conn_flush(aiot_conn *c, size_t *sent)
 
 /* Moves the unread bytes to the front (pointers handed out before become
  * invalid, as documented) and grows the buffer to hold want bytes. */
-static int in_reserve(aiot_conn *c, size_t want)
+static int in_reserve(struct aiot__conn_buf *b, size_t want)
 {
-        size_t unread = c->in_len - c->in_off, cap = c->in_cap ? c->in_cap : IN_FIRST;
+        size_t unread = b->in_len - b->in_off, cap = b->in_cap ? b->in_cap : IN_FIRST;
         char *p;
 
-        if (c->in_off) {
-                memmove(c->in, c->in + c->in_off, unread);
-                c->in_off = 0;
-                c->in_len = unread;
+        if (b->in_off) {
+                memmove(b->in, b->in + b->in_off, unread);
+                b->in_off = 0;
+                b->in_len = unread;
         }
         while (cap < want)
                 cap *= 2;
-        if (cap == c->in_cap)
+        if (cap == b->in_cap)
                 return 0;
-        p = realloc(c->in, cap);
+        p = realloc(b->in, cap);
         if (!p)
                 return -ENOMEM;
-        c->in = p;
-        c->in_cap = cap;
+        b->in = p;
+        b->in_cap = cap;
         return 0;
 }
 
@@ -207,20 +223,23 @@ static int in_reserve(aiot_conn *c, size_t want)
  * read, 0 at end of file, -errno. */
 static ssize_t fill(aiot_conn *c, size_t want)
 {
+        struct aiot__conn_buf *b;
         size_t room;
         ssize_t n;
         int r;
 
         if (c->eof)
                 return 0;
-        if (c->out_len && (r = aiot_conn_flush(c, NULL)) < 0)
+        if (!(b = buf_get(c)))
+                return -ENOMEM;
+        if (b->out_len && (r = aiot_conn_flush(c, NULL)) < 0)
                 return r;
-        if ((r = in_reserve(c, want)) < 0)
+        if ((r = in_reserve(b, want)) < 0)
                 return r;
-        room = c->in_cap - c->in_len;
+        room = b->in_cap - b->in_len;
         if (c->drained && (r = aiot_wait_fd(c->fd, AIOT_READ)) < 0)
                 return r;
-        n = aiot_read(c->fd, c->in + c->in_len, room);
+        n = aiot_read(c->fd, b->in + b->in_len, room);
         if (n < 0)
                 return n;
         if (n == 0) {
@@ -228,7 +247,7 @@ static ssize_t fill(aiot_conn *c, size_t want)
                 return 0;
         }
         c->drained = (size_t)n < room;
-        c->in_len += (size_t)n;
+        b->in_len += (size_t)n;
         return n;
 }
 
@@ -236,7 +255,7 @@ static ssize_t fill(aiot_conn *c, size_t want)
  * has room, else twice the unread bytes, at most max (more than unread). */
 static size_t in_want(const aiot_conn *c, size_t unread, size_t max)
 {
-        size_t want = c->in_cap ? c->in_cap : IN_FIRST;
+        size_t want = c->buf && c->buf->in_cap ? c->buf->in_cap : IN_FIRST;
 
         if (unread >= want)
                 want = unread * 2 > max ? max : unread * 2;
@@ -250,17 +269,18 @@ ssize_t aiot_conn_read_until(aiot_conn *c, const char *delim, size_t max, const 
         aiot__return_if(!c || !delim || !*delim || !data || max == 0, -EINVAL);
         dlen = strlen(delim);
         for (size_t scanned = 0;;) {
-                size_t unread = c->in_len - c->in_off, from = scanned >= dlen ? scanned - dlen + 1 : 0;
-                char *hit = unread > from ? memmem(c->in + c->in_off + from, unread - from, delim, dlen) : NULL;
+                struct aiot__conn_buf *b = c->buf;
+                size_t unread = aiot__conn_buffered(c), from = scanned >= dlen ? scanned - dlen + 1 : 0;
+                char *hit = unread > from ? memmem(b->in + b->in_off + from, unread - from, delim, dlen) : NULL;
                 ssize_t n;
 
                 if (hit) {
-                        size_t len = (size_t)(hit - (c->in + c->in_off)) + dlen;
+                        size_t len = (size_t)(hit - (b->in + b->in_off)) + dlen;
 
                         if (len > max)
                                 return -EMSGSIZE;
-                        *data = c->in + c->in_off;
-                        c->in_off += len;
+                        *data = b->in + b->in_off;
+                        b->in_off += len;
                         return (ssize_t)len;
                 }
                 if (unread >= max)
@@ -277,20 +297,18 @@ ssize_t aiot_conn_peek(aiot_conn *c, const char **data)
         ssize_t n;
 
         aiot__return_if(!c || !data, -EINVAL);
-        if (c->in_len == c->in_off && (n = fill(c, IN_FIRST)) <= 0)
+        if (aiot__conn_buffered(c) == 0 && (n = fill(c, IN_FIRST)) <= 0)
                 return n;
-        *data = c->in + c->in_off;
-        return (ssize_t)(c->in_len - c->in_off);
+        *data = c->buf->in + c->buf->in_off;
+        return (ssize_t)aiot__conn_buffered(c);
 }
 
 void aiot_conn_consume(aiot_conn *c, size_t n)
 {
-        size_t unread;
+        size_t unread = c ? aiot__conn_buffered(c) : 0;
 
-        if (!c)
-                return;
-        unread = c->in_len - c->in_off;
-        c->in_off += n < unread ? n : unread;
+        if (unread)
+                c->buf->in_off += n < unread ? n : unread;
 }
 
 int aiot_conn_read_exact(aiot_conn *c, void *buf, size_t n)

@@ -32,6 +32,7 @@ struct aiot_conn {
         int fd;
         bool drained;               /* the last read emptied the socket: wait before reading */
         bool eof;
+        bool busy;                  /* a handler task runs for it */
         max_align_t state[];        /* state_size bytes */
 };
 

@@ -6,11 +6,13 @@
  * its fd, and a place in the idle list (oldest first, so that one timer for
  * the head closes every connection idle past the idle timeout).  Every new
  * connection starts there (unless server_first), so that a client that
- * connects and sends nothing costs no stack.  Busy: a task runs the handler; it starts when the watcher
- * reports bytes, runs the handler under the request timeout (a deadline, so
- * it counts from the first byte however slowly the rest trickles in), runs it
- * again at once while bytes are buffered (pipelining) and, when the handler
- * returns AIOT_CONN_KEEP, frees the empty buffers and goes back to watched.
+ * connects and sends nothing costs no stack.  Busy: a task runs the handler;
+ * it starts when the watcher reports bytes, runs the handler under the
+ * request timeout (a deadline, so it counts from the first byte however
+ * slowly the rest trickles in), runs it again at once while bytes are
+ * buffered (pipelining) and, when the handler returns AIOT_CONN_KEEP, frees
+ * the empty buffers and goes back to watched.  The watcher stays registered
+ * in between (see conn_readable()).
  *
  * The stop, in order: the acceptors are cancelled and take what is already
  * queued (served, not reset), the listener copies are closed, then running
@@ -165,13 +167,21 @@ static int conn_task(void *arg)
         return 0;
 }
 
+/* The watcher stays registered while the handler runs, so that a keep-alive
+ * request costs no epoll_ctl (stopping and restarting it costs one failing
+ * EPOLL_CTL_ADD each time in libev).  Only when it reports bytes the running
+ * handler has not read yet is it stopped, so that it cannot spin. */
 static void conn_readable(struct ev_loop *ev, ev_io *io, int revents)
 {
         aiot_conn *c = io->data;
 
         (void)revents;
-        ev_io_stop(ev, io);
+        if (c->busy) {
+                ev_io_stop(ev, io);
+                return;
+        }
         idle_unlink(c->srv, c);
+        c->busy = true;
         c->drained = false; /* libev says there are bytes (or EOF) */
         if (aiot_spawn_opts(c->srv->conns, conn_task, c, &c->srv->so, NULL) < 0) {
                 aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", c->fd);
@@ -187,9 +197,12 @@ static void conn_watch(aiot_conn *c)
         aiot__conn_shrink(c);
         /* io.c's cached watcher would report the same readiness to nobody. */
         (void)aiot_fd_forget(c->fd);
-        ev_io_init(&c->io, conn_readable, c->fd, EV_READ);
-        c->io.data = c;
-        ev_io_start(srv->ev, &c->io);
+        c->busy = false;
+        if (!ev_is_active(&c->io)) {
+                ev_io_init(&c->io, conn_readable, c->fd, EV_READ);
+                c->io.data = c;
+                ev_io_start(srv->ev, &c->io);
+        }
         idle_append(srv, c);
 }
 
@@ -221,6 +234,7 @@ static void conn_open(struct aiot__serve *srv, int fd)
                 return;
         }
         c->drained = true; /* nothing has arrived yet: wait before reading */
+        c->busy = true;
         if (aiot_spawn_opts(srv->conns, conn_task, c, &srv->so, NULL) < 0) {
                 aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", fd);
                 conn_close(c);

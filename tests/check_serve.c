@@ -14,6 +14,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -403,6 +405,76 @@ START_TEST(test_overlong_line_and_garbage)
 }
 END_TEST
 
+/* ---------------------------------------------------------------- through aiotools-serve */
+
+static const char *builddir(void)
+{
+        const char *b = getenv("top_builddir");
+
+        return b ? b : ".";
+}
+
+/* aiotools-serve --check MODULE's output line. */
+static void check_module(const char *module, char *out, size_t len)
+{
+        char cmd[1024];
+        FILE *f;
+
+        snprintf(cmd, sizeof(cmd), "%s/daemon/aiotools-serve --check %s/%s 2>&1", builddir(), builddir(), module);
+        f = popen(cmd, "r");
+        ck_assert_ptr_nonnull(f);
+        if (!fgets(out, (int)len, f))
+                out[0] = '\0';
+        pclose(f);
+}
+
+/* A module built before the connection fields loads as a worker module (the
+ * daemon does not read past its object); echo is a connection handler. */
+START_TEST(test_module_kinds)
+{
+        char out[512];
+
+        check_module("tests/.libs/oldabi.so", out, sizeof(out));
+        ck_assert_msg(strstr(out, "module 'oldabi'") && strstr(out, "ABI 1, a worker function"), "%s", out);
+        check_module("examples/.libs/echo.so", out, sizeof(out));
+        ck_assert_msg(strstr(out, "module 'echo'") && strstr(out, "a connection handler"), "%s", out);
+}
+END_TEST
+
+/* The command line's limits reach the layer: echo with --idle-timeout. */
+START_TEST(test_cli_idle_timeout_reaches_echo)
+{
+        char serve[512], module[512], bind[64];
+        int port = free_port(), fd = -1, status;
+        double t0 = now();
+        pid_t pid;
+
+        snprintf(serve, sizeof(serve), "%s/daemon/aiotools-serve", builddir());
+        snprintf(module, sizeof(module), "%s/examples/.libs/echo.so", builddir());
+        snprintf(bind, sizeof(bind), "127.0.0.1:%d", port);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                execl(serve, serve, "-w", "1", "-b", bind, "--idle-timeout=0.5", "--log-level=warning", module,
+                      (char *)NULL);
+                _exit(127);
+        }
+        while ((fd = try_connect(port)) < 0) {
+                ck_assert_msg(now() - t0 < T_WAIT / 1000.0, "aiotools-serve did not start listening");
+                usleep(10000);
+        }
+        send_str(fd, "echo me\n");
+        expect_line(fd, "echo me\n");
+        t0 = now();
+        expect_eof(fd, T_WAIT);
+        ck_assert_double_ge(now() - t0, 0.3);
+        close(fd);
+        kill(pid, SIGTERM);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
         Suite *s = suite_create("serve");
@@ -416,6 +488,12 @@ static Suite *serve_suite(void)
         tcase_add_test(tc, test_max_connections_holds_and_recovers);
         tcase_add_test(tc, test_stop_answers_open_and_queued);
         tcase_add_test(tc, test_overlong_line_and_garbage);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("aiotools-serve");
+        tcase_set_timeout(tc, 30);
+        tcase_add_test(tc, test_module_kinds);
+        tcase_add_test(tc, test_cli_idle_timeout_reaches_echo);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -6,7 +6,9 @@
  * The handler answers each line with the same line and keeps the connection
  * (AIOT_CONN_KEEP); a line longer than LINE_MAX gets "ERR\n" and a close.  In
  * the "slow" mode it sleeps SLOW_SECS before answering, so that connections
- * pile up in the accept queue. */
+ * pile up in the accept queue.  The line "info" is answered with what the
+ * connection calls report (conn_info()).  The last cases run aiotools-serve
+ * itself, with modules. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -31,6 +34,30 @@
 #define T_WAIT 5000 /* ms: a bound for anything that must happen, on a loaded machine */
 
 static int slow_mode;
+static rlim_t fd_limit;      /* nonzero: the server runs at this RLIMIT_NOFILE */
+static char log_path[64];    /* nonempty: the server's stderr goes there */
+
+/* "info": the peer's address, whether the fd is the peer's socket, the lines
+ * served on this connection (its state, kept across AIOT_CONN_KEEP) and
+ * whether the worker is stopping. */
+static int conn_info(aiot_conn *c)
+{
+        struct sockaddr_storage ss, mine;
+        socklen_t len = sizeof(ss), mlen = sizeof(mine);
+        char out[128], addr[64] = "?";
+        int r, n;
+
+        r = aiot_conn_peer(c, &ss, &len);
+        if (r == 0 && ss.ss_family == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, addr, sizeof(addr));
+        if (getsockname(aiot_conn_fd(c), (struct sockaddr *)&mine, &mlen) < 0)
+                return -errno;
+        n = snprintf(out, sizeof(out), "peer %s lines %u stopping %d\n", addr,
+                     aiot_conn_state(c) ? *(unsigned *)aiot_conn_state(c) : 0u,
+                     aiot_worker_stopping(aiot_conn_worker(c)));
+        r = aiot_conn_write(c, out, (size_t)n);
+        return r < 0 ? r : AIOT_CONN_KEEP;
+}
 
 static int line_conn(aiot_conn *c, void *arg)
 {
@@ -45,6 +72,10 @@ static int line_conn(aiot_conn *c, void *arg)
                 return (int)n;
         if (slow_mode && (r = aiot_sleep(SLOW_SECS)) < 0)
                 return r;
+        if (aiot_conn_state(c))
+                ++*(unsigned *)aiot_conn_state(c);
+        if (n == 5 && !memcmp(line, "info\n", 5))
+                return conn_info(c);
         r = aiot_conn_write(c, line, (size_t)n);
         return r < 0 ? r : AIOT_CONN_KEEP;
 }
@@ -129,6 +160,18 @@ static void server_start(struct server *s)
                 };
 
                 aiot_log_set_level(AIOT_LOG_WARNING);
+                if (fd_limit) {
+                        struct rlimit rl = {fd_limit, fd_limit};
+
+                        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                                _exit(99);
+                }
+                if (log_path[0]) {
+                        int lf = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+                        if (lf < 0 || dup2(lf, 2) < 0)
+                                _exit(98);
+                }
                 _exit(aiot_server_run(&cfg));
         }
         /* Ready once it accepts (the probe connection is simply closed). */
@@ -202,6 +245,8 @@ static void reset_opts(void)
 {
         memset(&opts, 0, sizeof(opts));
         slow_mode = 0;
+        fd_limit = 0;
+        log_path[0] = '\0';
 }
 
 START_TEST(test_echo_200_concurrent)
@@ -405,6 +450,75 @@ START_TEST(test_overlong_line_and_garbage)
 }
 END_TEST
 
+/* The connection calls: the peer, the fd, the state kept across KEEP (the
+ * handler runs in a fresh task each time), the worker and its stopping flag. */
+START_TEST(test_conn_state_peer_and_stopping)
+{
+        struct server s;
+        int fd;
+
+        reset_opts();
+        opts.state_size = sizeof(unsigned);
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        send_str(fd, "a\n");
+        expect_line(fd, "a\n");
+        usleep(50000);
+        send_str(fd, "b\nc\n");
+        expect_line(fd, "b\nc\n");
+        send_str(fd, "info\n");
+        expect_line(fd, "peer 127.0.0.1 lines 4 stopping 0\n");
+        kill(s.pid, SIGTERM);
+        usleep(200000); /* the worker has its stop signal and drains */
+        send_str(fd, "info\n");
+        expect_line(fd, "peer 127.0.0.1 lines 5 stopping 15\n");
+        close(fd);
+        {
+                int status;
+
+                ck_assert_int_eq(waitpid(s.pid, &status, 0), s.pid);
+                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+}
+END_TEST
+
+/* Out of fds (RLIMIT_NOFILE 64, soft = hard) with 80 connections open at once:
+ * accepting pauses instead of spinning, the log names the limit once, and
+ * every connection is answered as others close. */
+START_TEST(test_emfile_pauses_and_recovers)
+{
+        struct server s;
+        int fds[80];
+        char line[32], logbuf[4096] = {0};
+        FILE *f;
+
+        reset_opts();
+        fd_limit = 64;
+        snprintf(log_path, sizeof(log_path), "/tmp/check-serve-%d.log", (int)getpid());
+        server_start(&s);
+        for (int i = 0; i < 80; i++) {
+                fds[i] = tcp_connect(s.port);
+                snprintf(line, sizeof(line), "n %d\n", i);
+                send_str(fds[i], line);
+        }
+        for (int i = 0; i < 80; i++) {
+                snprintf(line, sizeof(line), "n %d\n", i);
+                expect_line(fds[i], line);
+                close(fds[i]);
+        }
+        ck_assert_int_eq(server_stop(&s), 0);
+        f = fopen(log_path, "r");
+        ck_assert_ptr_nonnull(f);
+        if (fread(logbuf, 1, sizeof(logbuf) - 1, f) == 0)
+                logbuf[0] = '\0';
+        fclose(f);
+        unlink(log_path);
+        ck_assert_msg(strstr(logbuf, "Too many open files (RLIMIT_NOFILE is 64"), "%s", logbuf);
+        /* Once per interval, not once per attempt. */
+        ck_assert_ptr_null(strstr(strstr(logbuf, "RLIMIT_NOFILE is 64") + 1, "RLIMIT_NOFILE is 64"));
+}
+END_TEST
+
 /* ---------------------------------------------------------------- through aiotools-serve */
 
 static const char *builddir(void)
@@ -488,6 +602,8 @@ static Suite *serve_suite(void)
         tcase_add_test(tc, test_max_connections_holds_and_recovers);
         tcase_add_test(tc, test_stop_answers_open_and_queued);
         tcase_add_test(tc, test_overlong_line_and_garbage);
+        tcase_add_test(tc, test_emfile_pauses_and_recovers);
+        tcase_add_test(tc, test_conn_state_peer_and_stopping);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("aiotools-serve");

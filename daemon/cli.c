@@ -16,7 +16,8 @@
 
 enum opt_id {
         OPT_WORKERS, OPT_BIND, OPT_REUSEPORT, OPT_STOP_TIMEOUT, OPT_STOP_SIGNALS, OPT_USER, OPT_GROUP,
-        OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_WORKER_TIMEOUT, OPT_LOG_LEVEL, OPT_CHECK, OPT_HELP, OPT_VERSION,
+        OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_WORKER_TIMEOUT, OPT_LOG_LEVEL,
+        OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_CHECK, OPT_HELP, OPT_VERSION,
 };
 
 struct opt {
@@ -39,6 +40,10 @@ static const struct opt opts[] = {
         { "no-pidfd", 0, 0, OPT_NO_PIDFD },
         { "worker-timeout", 0, 1, OPT_WORKER_TIMEOUT },
         { "log-level", 0, 1, OPT_LOG_LEVEL },
+        { "max-connections", 0, 1, OPT_MAX_CONNECTIONS },
+        { "idle-timeout", 0, 1, OPT_IDLE_TIMEOUT },
+        { "request-timeout", 0, 1, OPT_REQUEST_TIMEOUT },
+        { "drain-timeout", 0, 1, OPT_DRAIN_TIMEOUT },
         { "check", 0, 0, OPT_CHECK },
         { "help", 'h', 0, OPT_HELP },
         { "version", 'V', 0, OPT_VERSION },
@@ -235,6 +240,22 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
                                     val, display);
                 cfg->worker_timeout = d;
                 return 0;
+        case OPT_MAX_CONNECTIONS:
+                if (parse_int(val, 1, CLI_MAX_CONNECTIONS, &n) < 0)
+                        return fail(err, errlen, "invalid connection limit '%s' for %s: expected 1 to %d", val,
+                                    display, CLI_MAX_CONNECTIONS);
+                cfg->max_connections = n;
+                return 0;
+        case OPT_IDLE_TIMEOUT:
+        case OPT_REQUEST_TIMEOUT:
+        case OPT_DRAIN_TIMEOUT:
+                if (parse_seconds(val, 86400.0, &d) < 0)
+                        return fail(err, errlen, "invalid %s timeout '%s' for %s: expected seconds, 0 to 86400",
+                                    o->id == OPT_IDLE_TIMEOUT ? "idle" : o->id == OPT_REQUEST_TIMEOUT ? "request" : "drain",
+                                    val, display);
+                *(o->id == OPT_IDLE_TIMEOUT ? &cfg->idle_timeout
+                  : o->id == OPT_REQUEST_TIMEOUT ? &cfg->request_timeout : &cfg->drain_timeout) = d;
+                return 0;
         case OPT_LOG_LEVEL:
                 if (aiot_log_parse_level(val, &level) < 0)
                         return fail(err, errlen,
@@ -340,6 +361,7 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
         cfg->restart_limit = 5;
         cfg->restart_window = 10.0;
         cfg->log_level = -1;
+        cfg->idle_timeout = cfg->request_timeout = cfg->drain_timeout = -1;
 
         /* Options may come before or after MODULE, as GNU getopt allows; "--" ends them. */
         for (i = 1; i < argc; i++) {

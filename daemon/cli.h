@@ -9,6 +9,7 @@
 #define CLI_MAX_WORKERS 1024
 #define CLI_MAX_BINDS 64
 #define CLI_MAX_SIGNALS 8
+#define CLI_MAX_CONNECTIONS 10000000
 
 struct cli_config {
         int workers;                    /* 0: online CPUs */
@@ -24,6 +25,11 @@ struct cli_config {
         int no_pidfd;
         double worker_timeout;          /* seconds; default 30; 0: never */
         int log_level;                  /* -1: not given */
+        /* The serving layer's limits, for modules with a connection handler: */
+        long max_connections;           /* 0: not given */
+        double idle_timeout;            /* seconds; -1: not given; 0: none */
+        double request_timeout;         /* seconds; -1: not given; 0: none */
+        double drain_timeout;           /* seconds; -1: not given; 0: cancel at once */
         int check, help, version;
         const char *module;             /* NULL only with help or version */
         int module_argc;                /* the module's own arguments, after "--" */

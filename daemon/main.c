@@ -4,6 +4,7 @@
  * in the library's server module. */
 #include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,11 @@ static const char usage_text[] =
         "      --worker-timeout=S   abort a worker whose loop is stuck for S seconds\n"
         "                           (default 30; 0: never)\n"
         "      --log-level=LEVEL    err, warning, notice, info (default) or debug\n"
+        "      --max-connections=N  per worker, for a module with a connection handler\n"
+        "                           (default 10000)\n"
+        "      --idle-timeout=S     close a connection idle this long (default 60; 0: never)\n"
+        "      --request-timeout=S  bound a handler run from its first byte (default 60; 0: none)\n"
+        "      --drain-timeout=S    at a stop, let connections finish this long (default 10)\n"
         "      --check              load and validate MODULE (and the addresses), then exit\n"
         "  -h, --help               show this help and exit\n"
         "  -V, --version            show the version and exit\n"
@@ -103,6 +109,24 @@ static char **dup_argv(int argc, char **argv)
         return copy;
 }
 
+/* The module, with the fields its object does not hold zeroed (see module.h). */
+static struct aiot_module module;
+/* The serving layer's options from the command line, for a module's handler. */
+static struct aiot_serve_opts serve_opts;
+
+/* How many bytes of struct aiot_module the module's object holds: the size of
+ * its ELF symbol.  A module built before the connection fields has a smaller
+ * object, and what follows it in memory is not ours to read. */
+static size_t module_object_size(const struct aiot_module *m)
+{
+        const ElfW(Sym) *sym = NULL;
+        Dl_info info;
+
+        if (!dladdr1(m, &info, (void **)&sym, RTLD_DL_SYMENT) || !sym || sym->st_size == 0)
+                return offsetof(struct aiot_module, conn);
+        return sym->st_size < sizeof(*m) ? sym->st_size : sizeof(*m);
+}
+
 /* Loads the module; on failure prints one line and returns NULL. */
 static const struct aiot_module *load_module(const char *path, void **handle)
 {
@@ -146,9 +170,16 @@ static const struct aiot_module *load_module(const char *path, void **handle)
                 dlclose(h);
                 return NULL;
         }
-        if (!m->worker || (m->n_extra && !m->extra)) {
-                usage_error("module '%s' is incomplete: %s", path, !m->worker ? "no worker function"
-                                                                             : "extra processes without functions");
+        memcpy(&module, m, module_object_size(m));
+        m = &module;
+        if (m->worker && m->conn) {
+                usage_error("module '%s' gives both a worker function and a connection handler", path);
+                dlclose(h);
+                return NULL;
+        }
+        if ((!m->worker && !m->conn) || (m->n_extra && !m->extra)) {
+                usage_error("module '%s' is incomplete: %s", path,
+                            !m->worker && !m->conn ? "no worker function" : "extra processes without functions");
                 dlclose(h);
                 return NULL;
         }
@@ -160,6 +191,38 @@ static const struct aiot_module *load_module(const char *path, void **handle)
                 }
         *handle = h;
         return m;
+}
+
+/* The worker of a module that gives a connection handler. */
+static int conn_worker(aiot_worker *w)
+{
+        struct aiot_serve_opts o = serve_opts;
+        int r = 0;
+
+        if (module.conn_setup && (r = module.conn_setup(w, &o)) < 0)
+                return r;
+        r = aiot_worker_serve(w, &o);
+        if (module.conn_teardown)
+                module.conn_teardown(w, o.arg);
+        return r < 0 ? r : 0;
+}
+
+/* The command line's limits; the option's 0 means "none" (a timeout) or "at
+ * once" (the drain), the library's 0 the default. */
+static void set_serve_opts(const struct cli_config *cli)
+{
+        serve_opts = (struct aiot_serve_opts){
+                .size = sizeof(serve_opts),
+                .handler = module.conn,
+                .state_size = module.conn_state_size,
+                .max_connections = (size_t)cli->max_connections,
+        };
+        if (cli->idle_timeout >= 0)
+                serve_opts.idle_timeout = cli->idle_timeout > 0 ? cli->idle_timeout : -1;
+        if (cli->request_timeout >= 0)
+                serve_opts.request_timeout = cli->request_timeout > 0 ? cli->request_timeout : -1;
+        if (cli->drain_timeout >= 0)
+                serve_opts.drain_timeout = cli->drain_timeout > 0 ? cli->drain_timeout : 1e-9;
 }
 
 /* --check also parses the addresses, without binding. */
@@ -206,8 +269,9 @@ static int serve(int argc, char **argv)
         if (!m)
                 return AIOT_EXIT_USAGE;
         if (cli.check) {
-                printf("module '%s' (%s): ABI %u, %s main context, %zu extra process%s\n",
-                               m->name ? m->name : "?", cli.module, m->abi, m->main_ctx ? "with a" : "no",
+                printf("module '%s' (%s): ABI %u, %s, %s main context, %zu extra process%s\n",
+                               m->name ? m->name : "?", cli.module, m->abi,
+                               m->conn ? "a connection handler" : "a worker function", m->main_ctx ? "with a" : "no",
                                m->n_extra, m->n_extra == 1 ? "" : "es");
                 dlclose(handle);
                 return AIOT_EXIT_OK;
@@ -221,7 +285,8 @@ static int serve(int argc, char **argv)
         memcpy(margv + 1, cli.module_argv, (size_t)cli.module_argc * sizeof(*margv));
 
         cfg.workers = cli.workers;
-        cfg.worker = m->worker;
+        set_serve_opts(&cli);
+        cfg.worker = m->worker ? m->worker : conn_worker;
         cfg.main_ctx = m->main_ctx;
         cfg.extra = m->extra;
         cfg.n_extra = m->n_extra;

@@ -11,34 +11,32 @@
  * buffer gets 431, a malformed one 400, a chunked body 501; each then closes.
  * Bodies with Content-Length are read and dropped.
  *
- * On the stop signal (also the old generation's during a reload) the
- * acceptors are cancelled at once, and the open connections drain: each
- * keep-alive connection gets its next request answered with "Connection:
- * close" and is then closed.  An idle keep-alive connection is not closed
- * straight away, because that races with the client's next request (which
- * would then fail); it waits up to the drain time for it (module argument
- * drain=SECONDS, default 2), and only then is cancelled.
+ * A connection handler for aiot_worker_serve(3): it answers one request and
+ * hands a keep-alive connection back to the library (AIOT_CONN_KEEP), so that
+ * between requests the connection holds no task stack and no buffer.
+ *
+ * On the stop signal (also the old generation's during a reload) the library
+ * stops accepting and drains: a keep-alive connection gets its next request
+ * answered with "Connection: close" (aiot_worker_stopping()) and is then
+ * closed.  An idle keep-alive connection is not closed straight away, because
+ * that races with the client's next request (which would then fail); it waits
+ * up to the drain time for it (module argument drain=SECONDS, default 2, or
+ * aiotools-serve --drain-timeout), and only then is closed.
  *
  *   aiotools-serve -w 2 -b 127.0.0.1:8080 examples/.libs/http-hello.so -- drain=2
- *
- * After a read that left the socket empty the next one waits for readability
- * first, so that a keep-alive connection costs one read per request rather
- * than one more that only returns EAGAIN. */
+ */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <aiotools.h>
 
 #define HEAD_MAX 8192
-#define OUT_MAX 16384
 
 static const char ok_keep[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\n";
 static const char ok_close[] =
@@ -48,19 +46,9 @@ static const char err_431[] =
         "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 static const char err_501[] = "HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
-/* Set once the worker got its stop signal: answers then say "Connection: close". */
-static bool draining;
-static size_t n_conns;
-static aiot_event *conns_gone;
-
-struct conn {
-        int fd;
-        char in[HEAD_MAX];
-        size_t in_len;
-        char out[OUT_MAX];
-        size_t out_len;
-        unsigned long long skip; /* body bytes still to drop */
-        bool close_after;
+/* The per-connection state the library keeps between requests. */
+struct hello_state {
+        bool nodelay; /* TCP_NODELAY is set */
 };
 
 struct request {
@@ -152,221 +140,88 @@ static bool parse_head(const char *p, size_t len, struct request *rq)
         return true;
 }
 
-static void out_add(struct conn *c, const char *s, size_t n)
+/* Drops n body bytes.  Returns 0, -ENODATA at end of file, -errno. */
+static int skip_body(aiot_conn *c, unsigned long long n)
 {
-        memcpy(c->out + c->out_len, s, n);
-        c->out_len += n;
-}
+        while (n > 0) {
+                const char *data;
+                ssize_t k = aiot_conn_peek(c, &data);
 
-/* Sends what is queued; shielded, so that a stop never cuts an answer in half. */
-static int flush(struct conn *c)
-{
-        ssize_t r = 0;
-
-        if (c->out_len == 0)
-                return 0;
-        aiot_shield_begin();
-        r = aiot_write_all(c->fd, c->out, c->out_len);
-        aiot_shield_end();
-        c->out_len = 0;
-        return r < 0 ? (int)r : 0;
-}
-
-/* Answers every complete request in the buffer.  Returns false to close. */
-static bool process(struct conn *c)
-{
-        size_t off = 0;
-        bool go_on = true;
-
-        while (go_on) {
-                char *start = c->in + off, *head_end;
-                size_t avail = c->in_len - off;
-                struct request rq;
-
-                if (c->skip) {
-                        size_t n = avail < c->skip ? avail : (size_t)c->skip;
-                        off += n;
-                        c->skip -= n;
-                        if (c->skip)
-                                break;
-                        continue;
-                }
-                head_end = memmem(start, avail, "\r\n\r\n", 4);
-                if (!head_end) {
-                        if (avail == sizeof(c->in)) {
-                                out_add(c, err_431, sizeof(err_431) - 1);
-                                go_on = false;
-                        }
-                        break;
-                }
-                if (c->out_len + sizeof(ok_close) > sizeof(c->out) && flush(c) < 0)
-                        return false;
-                if (!parse_head(start, (size_t)(head_end + 4 - start), &rq)) {
-                        out_add(c, err_400, sizeof(err_400) - 1);
-                        go_on = false;
-                        break;
-                }
-                if (rq.chunked) {
-                        out_add(c, err_501, sizeof(err_501) - 1);
-                        go_on = false;
-                        break;
-                }
-                off += (size_t)(head_end + 4 - start);
-                c->skip = rq.content_length;
-                if (rq.keep_alive && !draining) {
-                        out_add(c, ok_keep, sizeof(ok_keep) - 1);
-                } else {
-                        out_add(c, ok_close, sizeof(ok_close) - 1);
-                        go_on = false;
-                }
-                if (!rq.head_only)
-                        out_add(c, "hello\n", 6);
+                if (k <= 0)
+                        return k < 0 ? (int)k : -ENODATA;
+                if ((unsigned long long)k > n)
+                        k = (ssize_t)n;
+                aiot_conn_consume(c, (size_t)k);
+                n -= (unsigned long long)k;
         }
-        memmove(c->in, c->in + off, c->in_len - off);
-        c->in_len -= off;
-        return flush(c) == 0 && go_on;
-}
-
-static int serve_conn(void *arg)
-{
-        struct conn *c = calloc(1, sizeof(*c));
-        int one = 1;
-
-        if (!c) {
-                aiot_close((int)(intptr_t)arg);
-                return -ENOMEM;
-        }
-        c->fd = (int)(intptr_t)arg;
-        n_conns++;
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        for (bool empty = false;;) {
-                size_t room = sizeof(c->in) - c->in_len;
-                ssize_t n;
-
-                /* The last read drained the socket: reading again now would
-                 * only return EAGAIN, so wait for the next request first. */
-                if (empty && aiot_wait_fd(c->fd, AIOT_READ) < 0)
-                        break;
-                n = aiot_read(c->fd, c->in + c->in_len, room);
-                if (n <= 0)
-                        break;
-                empty = (size_t)n < room;
-                c->in_len += (size_t)n;
-                if (!process(c))
-                        break;
-        }
-        aiot_close(c->fd);
-        free(c);
-        if (--n_conns == 0 && conns_gone)
-                aiot_event_set(conns_gone);
         return 0;
 }
 
-struct acceptor {
-        int lfd;
-        aiot_scope *conns;
-        aiot_task *task;
-};
-
-/* At the stop: the connections already in the accept queue are served too,
- * rather than reset when the listening socket closes. */
-static int take_queued(struct acceptor *a)
+/* Writes a fixed answer that closes the connection. */
+static int answer_close(aiot_conn *c, const char *s, size_t n)
 {
-        int fd;
+        int r = aiot_conn_write(c, s, n);
 
-        while ((fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
-                if (aiot_spawn(a->conns, serve_conn, (void *)(intptr_t)fd, NULL) < 0)
-                        close(fd);
-        return 0;
+        return r < 0 ? r : 0;
 }
 
-static int accept_loop(void *arg)
+/* Answers one request; the library runs it again for the next one. */
+static int hello_conn(aiot_conn *c, void *arg)
 {
-        struct acceptor *a = arg;
+        struct hello_state *st = aiot_conn_state(c);
+        const char *head;
+        struct request rq;
+        bool keep;
+        ssize_t n;
+        int r;
 
-        for (;;) {
-                int fd = aiot_accept(a->lfd, NULL, NULL);
+        (void)arg;
+        if (!st->nodelay) {
+                int one = 1;
 
-                if (fd == -ECANCELED || fd == -ETIMEDOUT)
-                        return take_queued(a);
-                if (fd < 0) {
-                        if (aiot_sleep(0.05) < 0)
-                                return 0;
-                        continue;
-                }
-                if (aiot_spawn(a->conns, serve_conn, (void *)(intptr_t)fd, NULL) < 0)
-                        aiot_close(fd);
+                setsockopt(aiot_conn_fd(c), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                st->nodelay = true;
         }
+        n = aiot_conn_read_until(c, "\r\n\r\n", HEAD_MAX, &head);
+        if (n == -EMSGSIZE)
+                return answer_close(c, err_431, sizeof(err_431) - 1);
+        if (n <= 0)
+                return (int)n;
+        if (!parse_head(head, (size_t)n, &rq))
+                return answer_close(c, err_400, sizeof(err_400) - 1);
+        if (rq.chunked)
+                return answer_close(c, err_501, sizeof(err_501) - 1);
+        if ((r = skip_body(c, rq.content_length)) < 0)
+                return r;
+        keep = rq.keep_alive && !aiot_worker_stopping(aiot_conn_worker(c));
+        r = keep ? aiot_conn_write(c, ok_keep, sizeof(ok_keep) - 1) : aiot_conn_write(c, ok_close, sizeof(ok_close) - 1);
+        if (r == 0 && !rq.head_only)
+                r = aiot_conn_write(c, "hello\n", 6);
+        if (r < 0)
+                return r;
+        return keep ? AIOT_CONN_KEEP : 0;
 }
 
-static double drain_time(aiot_worker *w)
+/* drain=SECONDS among the module's arguments sets the drain time. */
+static int hello_setup(aiot_worker *w, struct aiot_serve_opts *o)
 {
         char *const *argv = aiot_worker_argv(w);
 
+        if (o->drain_timeout == 0)
+                o->drain_timeout = 2.0;
         for (int i = 1; i < aiot_worker_argc(w); i++)
-                if (!strncmp(argv[i], "drain=", 6))
-                        return atof(argv[i] + 6);
-        return 2.0;
-}
+                if (!strncmp(argv[i], "drain=", 6)) {
+                        double d = atof(argv[i] + 6);
 
-/* Lets the open connections finish their next request, up to the drain time. */
-static void drain(aiot_worker *w)
-{
-        aiot_deadline d;
-
-        draining = true;
-        if (aiot_event_new(&conns_gone) < 0)
-                return;
-        aiot_deadline_begin(&d, drain_time(w));
-        while (n_conns > 0 && aiot_event_wait(conns_gone) == 0)
-                aiot_event_clear(conns_gone);
-        aiot_deadline_end(&d);
-        aiot_event_free(conns_gone);
-        conns_gone = NULL;
-}
-
-static int hello_worker(aiot_worker *w)
-{
-        const aiot_listener *ls;
-        size_t n = aiot_worker_listeners(w, &ls);
-        struct acceptor *acc;
-        aiot_scope *conns;
-        int r = 0;
-
-        if (n == 0) {
-                aiot_log(AIOT_LOG_ERR, "http-hello needs at least one --bind address");
-                return -EINVAL;
-        }
-        acc = calloc(n, sizeof(*acc));
-        if (!acc)
-                return -ENOMEM;
-        r = aiot_scope_open(&conns, NULL);
-        if (r < 0) {
-                free(acc);
-                return r;
-        }
-        for (size_t i = 0; i < n && r == 0; i++) {
-                acc[i] = (struct acceptor){.lfd = ls[i].fd, .conns = conns};
-                r = aiot_spawn(aiot_worker_scope(w), accept_loop, &acc[i], &acc[i].task);
-        }
-        if (r == 0)
-                aiot_worker_wait_stop(w);
-        /* Teardown: no new connections, then the open ones drain, then what
-         * is left (idle past the drain time) is cancelled at its next read. */
-        for (size_t i = 0; i < n; i++)
-                if (acc[i].task)
-                        aiot_cancel_and_wait(acc[i].task);
-        aiot_worker_close_listeners(w);
-        if (r == 0)
-                drain(w);
-        aiot_scope_cancel(conns);
-        aiot_scope_close(conns);
-        free(acc);
-        return r;
+                        o->drain_timeout = d > 0 ? d : 1e-9; /* 0: at once, not the default */
+                }
+        return 0;
 }
 
 const struct aiot_module aiot_module = {
         .abi = AIOT_MODULE_ABI,
         .name = "http-hello",
-        .worker = hello_worker,
+        .conn = hello_conn,
+        .conn_state_size = sizeof(struct hello_state),
+        .conn_setup = hello_setup,
 };

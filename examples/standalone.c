@@ -5,57 +5,32 @@
  *   examples/standalone [ADDRESS [WORKERS]]     (default 127.0.0.1:8081, 2)
  *
  * Each worker answers every connection with one line naming itself, then
- * closes it; SIGINT or SIGTERM stops the server. */
-#include <errno.h>
-#include <stdint.h>
+ * closes it (aiot_worker_serve(3) accepts and drains); SIGINT or SIGTERM
+ * stops the server. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include <aiotools.h>
 
-static int greet(void *arg)
+/* Runs at accept (server_first): the client need not send anything. */
+static int greet(aiot_conn *c, void *arg)
 {
-        int fd = (int)(intptr_t)arg;
         char line[64];
         int n = snprintf(line, sizeof(line), "hello from pid %d\n", (int)getpid());
 
-        aiot_write_all(fd, line, (size_t)n);
-        aiot_close(fd);
-        return 0;
-}
-
-static int accept_loop(void *arg)
-{
-        aiot_worker *w = arg;
-        const aiot_listener *ls;
-
-        if (aiot_worker_listeners(w, &ls) == 0)
-                return -EINVAL;
-        for (;;) {
-                int fd = aiot_accept(ls[0].fd, NULL, NULL);
-
-                if (fd == -ECANCELED || fd == -ETIMEDOUT)
-                        return 0;
-                if (fd < 0 || aiot_spawn(aiot_worker_scope(w), greet, (void *)(intptr_t)fd, NULL) < 0) {
-                        if (fd >= 0)
-                                aiot_close(fd);
-                        if (aiot_sleep(0.05) < 0)
-                                return 0;
-                }
-        }
+        (void)arg;
+        return aiot_conn_write(c, line, (size_t)n); /* 0: flushed, then closed */
 }
 
 static int worker(aiot_worker *w)
 {
-        int r = aiot_spawn(aiot_worker_scope(w), accept_loop, w, NULL);
-        int sig;
+        struct aiot_serve_opts o = {.size = sizeof(o), .handler = greet, .server_first = 1};
+        int sig = aiot_worker_serve(w, &o);
 
-        if (r < 0)
-                return r;
-        sig = aiot_worker_wait_stop(w);
+        if (sig < 0)
+                return sig;
         aiot_log(AIOT_LOG_INFO, "worker %d stopping on signal %d", aiot_worker_index(w), sig);
-        /* The accept loop is cancelled with the worker's scope. */
         return 0;
 }
 

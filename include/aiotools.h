@@ -12,6 +12,7 @@
 #include <aiotools/sd.h>
 #include <aiotools/listen.h>
 #include <aiotools/server.h>
+#include <aiotools/conn.h>
 #include <aiotools/module.h>
 
 #endif

@@ -13,7 +13,9 @@
 #   6 sd       src/sd.c, sd-internal.h         aiotools/sd.h
 #   7 listen   src/listen.c                    aiotools/listen.h
 #   8 server   src/server/, src/proctitle.*    aiotools/server.h
-#   9 module                                   aiotools/module.h, aiotools.h
+#   9 conn     src/conn.c, conn-internal.h,    aiotools/conn.h
+#              src/server/serve.c
+#  10 module                                   aiotools/module.h, aiotools.h
 #
 # One arrow is forbidden although it points down: the runtime knows nothing of
 # processes (it must not include fork's headers; fork.c detaches its children
@@ -29,6 +31,8 @@ set -u
 src="${top_srcdir:-.}"
 cd "$src" || exit 1
 
+# conn sits above server (it serves a worker) although its file lives in
+# src/server/: serve.c is the conn layer's and uses the public server API.
 # layer_of PATH: the layer of a source or header path (relative to the tree),
 # or "" for a path outside the library (system headers).
 layer_of() {
@@ -41,8 +45,9 @@ layer_of() {
         src/timer.c | include/aiotools/timer.h) echo 5 ;;
         src/sd.c | src/sd-internal.h | include/aiotools/sd.h) echo 6 ;;
         src/listen.c | include/aiotools/listen.h) echo 7 ;;
+        src/conn.c | src/conn-internal.h | src/server/serve.c | include/aiotools/conn.h) echo 9 ;;
         src/server/* | src/proctitle.c | src/proctitle.h | include/aiotools/server.h) echo 8 ;;
-        include/aiotools/module.h | include/aiotools.h) echo 9 ;;
+        include/aiotools/module.h | include/aiotools.h) echo 10 ;;
         src/* | include/*) echo "?" ;;
         *) echo "" ;;
         esac
@@ -101,6 +106,8 @@ for f in src/*.c src/*.h src/runtime/*.c src/runtime/*.h src/server/*.c src/serv
                         case $f in src/runtime/*) ;; *) bad "$f includes $path, private to src/runtime/" ;; esac ;;
                 src/server/server-internal.h)
                         case $f in src/server/*) ;; *) bad "$f includes $path, private to src/server/" ;; esac ;;
+                src/conn-internal.h)
+                        case $f in src/conn.c | src/server/serve.c) ;; *) bad "$f includes $path, private to the conn layer" ;; esac ;;
                 src/fork-internal.h | include/aiotools/fork.h)
                         case $f in src/runtime/*) bad "$f includes $path: the runtime knows nothing of fork" ;; esac ;;
                 esac
@@ -110,7 +117,7 @@ for f in src/*.c src/*.h src/runtime/*.c src/runtime/*.h src/server/*.c src/serv
 done
 
 # Clients of the library: public headers only.
-for f in daemon/*.c daemon/*.h examples/*.c tests/srvtest.c tests/proofmod.c tests/badabi.c tests/nosym.c; do
+for f in daemon/*.c daemon/*.h examples/*.c tests/srvtest.c tests/proofmod.c tests/badabi.c tests/nosym.c tests/oldabi.c; do
         [ -f "$f" ] || continue
         files=$((files + 1))
         includes "$f" > "${TMPDIR:-/tmp}/layering.$$"

@@ -99,6 +99,42 @@ START_TEST(test_short_options)
 }
 END_TEST
 
+/* The serving layer's options: given, absent, and every bad value named. */
+START_TEST(test_serve_options)
+{
+        static const struct {
+                const char *arg, *needle;
+        } bad_serve[] = {
+                {"--max-connections=0", "invalid connection limit '0' for --max-connections"},
+                {"--max-connections=-5", "invalid connection limit '-5' for --max-connections"},
+                {"--max-connections=10x", "invalid connection limit '10x' for --max-connections"},
+                {"--max-connections=99999999999", "invalid connection limit '99999999999'"},
+                {"--idle-timeout=-1", "invalid idle timeout '-1' for --idle-timeout"},
+                {"--idle-timeout=inf", "invalid idle timeout 'inf' for --idle-timeout"},
+                {"--request-timeout=nan", "invalid request timeout 'nan' for --request-timeout"},
+                {"--request-timeout=1e9", "invalid request timeout '1e9' for --request-timeout"},
+                {"--drain-timeout=", "invalid drain timeout '' for --drain-timeout"},
+                {"--drain-timeout=two", "invalid drain timeout 'two' for --drain-timeout"},
+        };
+
+        ck_assert_int_eq(parse("mod.so", NULL), 0);
+        ck_assert_int_eq(cfg.max_connections, 0);
+        ck_assert(cfg.idle_timeout == -1 && cfg.request_timeout == -1 && cfg.drain_timeout == -1);
+        ck_assert_int_eq(parse("--max-connections=500", "--idle-timeout=5", "--request-timeout", "0.5",
+                               "--drain-timeout=0", "mod.so", NULL),
+                         0);
+        ck_assert_int_eq(cfg.max_connections, 500);
+        ck_assert_double_eq(cfg.idle_timeout, 5.0);
+        ck_assert_double_eq(cfg.request_timeout, 0.5);
+        ck_assert_double_eq(cfg.drain_timeout, 0.0);
+        for (size_t i = 0; i < sizeof(bad_serve) / sizeof(bad_serve[0]); i++) {
+                ck_assert_int_eq(parse(bad_serve[i].arg, "m.so", NULL), -EINVAL);
+                ck_assert_msg(strstr(err, bad_serve[i].needle) && !strchr(err, '\n'), "%s: got '%s'",
+                              bad_serve[i].arg, err);
+        }
+}
+END_TEST
+
 /* Every bad input: -EINVAL and one line naming the bad value. */
 static const struct {
         const char *args[4];
@@ -185,6 +221,7 @@ static Suite *cli_suite(void)
         tcase_add_test(tc, test_every_option_long);
         tcase_add_test(tc, test_short_options);
         tcase_add_loop_test(tc, test_bad_input, 0, (int)(sizeof(bad) / sizeof(bad[0])));
+        tcase_add_test(tc, test_serve_options);
         tcase_add_test(tc, test_signal_names);
         tcase_add_test(tc, test_small_err_buffer);
         suite_add_tcase(s, tc);

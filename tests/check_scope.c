@@ -770,7 +770,114 @@ START_TEST(test_join_from_outside_while_scope_closes)
 }
 END_TEST
 
-/* One case per file of the runtime: scope.c, gather.c. */
+/* ---- aiot_scope_drain */
+
+static int drain_in_time_main(void *arg)
+{
+        struct child a = {.secs = 1}, b = {.secs = 2};
+        aiot_scope *s;
+        double t0 = aiot_now();
+
+        (void)arg;
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        ck_assert_int_eq(aiot_scope_drain(s, 0.5), 0); /* no child: at once */
+        ck_assert_int_eq(aiot_spawn(s, child_fn, &a, NULL), 0);
+        ck_assert_int_eq(aiot_spawn(s, child_fn, &b, NULL), 0);
+        ck_assert_int_eq(aiot_scope_drain(s, 5), 0);
+        ck_assert_double_eq_tol(aiot_now() - t0, 2.0, 1e-6);
+        ck_assert(a.finished && b.finished && a.sleep_rc == 0 && b.sleep_rc == 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        return 0;
+}
+
+START_TEST(test_drain_all_end_in_time)
+{
+        ck_assert_int_eq(run(drain_in_time_main, NULL), 0);
+}
+END_TEST
+
+static int drain_cut_main(void *arg)
+{
+        struct child a = {.secs = 1}, b = {.secs = 10}, later = {.secs = 1};
+        aiot_scope *s;
+        double t0 = aiot_now();
+
+        (void)arg;
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        ck_assert_int_eq(aiot_spawn(s, child_fn, &a, NULL), 0);
+        ck_assert_int_eq(aiot_spawn(s, child_fn, &b, NULL), 0);
+        ck_assert_int_eq(aiot_scope_drain(s, 3), -ETIMEDOUT);
+        ck_assert_double_eq_tol(aiot_now() - t0, 3.0, 1e-6);
+        ck_assert_int_eq(a.sleep_rc, 0);
+        ck_assert(b.finished);
+        ck_assert_int_eq(b.sleep_rc, -ECANCELED);
+        /* The scope stays open, and a child spawned now is not cancelled. */
+        ck_assert_int_eq(aiot_spawn(s, child_fn, &later, NULL), 0);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        ck_assert_int_eq(later.sleep_rc, 0);
+        ck_assert_double_eq_tol(aiot_now() - t0, 4.0, 1e-6);
+        return 0;
+}
+
+START_TEST(test_drain_cancels_the_rest_after_the_time)
+{
+        ck_assert_int_eq(run(drain_cut_main, NULL), 0);
+}
+END_TEST
+
+static int cancel_after_1s(void *arg)
+{
+        aiot_sleep(1);
+        aiot_cancel(arg);
+        return 0;
+}
+
+static int drain_cancelled_main(void *arg)
+{
+        struct child a = {.secs = 10};
+        aiot_scope *s, *helper;
+        double t0 = aiot_now();
+
+        (void)arg;
+        ck_assert_int_eq(aiot_scope_open(&helper, NULL), 0);
+        ck_assert_int_eq(aiot_spawn(helper, cancel_after_1s, aiot_current(), NULL), 0);
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        ck_assert_int_eq(aiot_spawn(s, child_fn, &a, NULL), 0);
+        ck_assert_int_eq(aiot_scope_drain(s, 5), -ECANCELED);
+        /* Cancelled at 1 s, not at the drain time, and waited for. */
+        ck_assert_double_eq_tol(aiot_now() - t0, 1.0, 1e-6);
+        ck_assert(a.finished);
+        ck_assert_int_eq(a.sleep_rc, -ECANCELED);
+        ck_assert_int_eq(aiot_scope_close(s), -ECANCELED);
+        aiot_scope_close(helper);
+        return 0;
+}
+
+START_TEST(test_drain_host_cancelled)
+{
+        ck_assert_int_eq(run(drain_cancelled_main, NULL), 0);
+}
+END_TEST
+
+static int drain_rules_main(void *arg)
+{
+        aiot_scope *s;
+
+        (void)arg;
+        ck_assert_int_eq(aiot_scope_drain(NULL, 1), -EINVAL);
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        ck_assert_int_eq(aiot_scope_drain(s, NAN), -EINVAL);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        return 0;
+}
+
+START_TEST(test_drain_rules)
+{
+        ck_assert_int_eq(run(drain_rules_main, NULL), 0);
+}
+END_TEST
+
+/* One case per file of the runtime: scope.c, gather.c, drain.c. */
 static Suite *scope_suite(void)
 {
         Suite *s = suite_create("scope");
@@ -798,6 +905,13 @@ static Suite *scope_suite(void)
         tcase_add_test(tc, test_as_completed_in_completion_order);
         tcase_add_test(tc, test_as_completed_close_busy_cancels_nothing);
         tcase_add_test(tc, test_race_first_success_wins);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("drain");
+        tcase_add_test(tc, test_drain_all_end_in_time);
+        tcase_add_test(tc, test_drain_cancels_the_rest_after_the_time);
+        tcase_add_test(tc, test_drain_host_cancelled);
+        tcase_add_test(tc, test_drain_rules);
         suite_add_tcase(s, tc);
         return s;
 }

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 
+#include <aiotools/conn.h>
 #include <aiotools/server.h>
 
 #pragma GCC visibility push(default)
@@ -19,20 +20,35 @@ extern "C" {
 /* The name of the symbol aiotools-serve looks up. */
 #define AIOT_MODULE_SYMBOL "aiot_module"
 
-/* A module defines exactly one object of this type, named aiot_module:
+/* A module defines exactly one object of this type, named aiot_module, with
+ * either a worker context or a connection handler:
  *
  *   const struct aiot_module aiot_module = {
- *           .abi = AIOT_MODULE_ABI, .name = "echo", .worker = echo_worker,
+ *           .abi = AIOT_MODULE_ABI, .name = "echo", .conn = echo_conn,
  *   };
  *
- * (A struct tag rather than a typedef, since the object has the same name.) */
+ * The fields after n_extra came later within ABI 1: aiotools-serve reads them
+ * only when the object is large enough to hold them (its ELF symbol size), so
+ * modules built before them load unchanged.  (A struct tag rather than a
+ * typedef, since the object has the same name.) */
 struct aiot_module {
         unsigned abi;                   /* AIOT_MODULE_ABI */
         const char *name;               /* for log lines; required */
-        aiot_worker_fn worker;          /* required */
+        aiot_worker_fn worker;          /* a worker context, or NULL with conn */
         aiot_main_fn main_ctx;          /* optional */
         const aiot_worker_fn *extra;    /* optional extra processes ... */
         size_t n_extra;                 /* ... and how many */
+        /* A module that gives only a connection handler: every worker runs
+         * aiot_worker_serve(3) with it and aiotools-serve's limits. */
+        aiot_conn_fn conn;              /* NULL with worker */
+        size_t conn_state_size;         /* aiot_serve_opts.state_size */
+        /* Optional, in every worker before it serves: may change *opts (arg,
+         * timeouts ...; they hold the command line's values).  Returns 0 or a
+         * negative errno (the worker's setup failed). */
+        int (*conn_setup)(aiot_worker *w, struct aiot_serve_opts *opts);
+        /* Optional, in every worker after it served (also after a failed
+         * serve, not after a failed setup); arg is opts->arg. */
+        void (*conn_teardown)(aiot_worker *w, void *arg);
 };
 
 /* Declared here, inside the default-visibility block, so that the module's

@@ -51,6 +51,15 @@ int aiot_scope_open(aiot_scope **ret, const struct aiot_scope_opts *opts);
  * -EPERM (not the host, not the innermost scope) leave the scope open. */
 int aiot_scope_close(aiot_scope *s);
 
+/* Waits up to seconds for every child of s to end, then cancels the ones still
+ * running and waits for them (not interruptible, as aiot_scope_close()).  s
+ * stays open; children spawned later are not cancelled.  Host only.  Returns 0
+ * when all ended in time; -ETIMEDOUT when some were cancelled (also when a
+ * deadline around the call expired first); -ECANCELED when the host's
+ * cancellation was delivered (the children were cancelled at once and waited
+ * for); -EINVAL (NULL, NaN), -EPERM (not the host). */
+int aiot_scope_drain(aiot_scope *s, double seconds);
+
 /* Cancels every child, and every child spawned later.  The host is not cancelled
  * and close still waits; the cancellation is absorbed (close does not report it).
  * Does not block.  Returns 0 or -EINVAL. */

@@ -47,6 +47,11 @@ typedef aiot_worker_fn aiot_main_fn;
  * -EALREADY when called a second time, -EPERM outside w's root task. */
 int aiot_worker_wait_stop(aiot_worker *w);
 
+/* The stop signal once it has arrived (> 0), else 0, so that a connection
+ * handler can answer "Connection: close" while the worker drains.  -EINVAL
+ * for NULL. */
+int aiot_worker_stopping(const aiot_worker *w);
+
 /* aiot_worker_index() of the main context: not an index of any process, and
  * not negative, so that it cannot be taken for an error. */
 #define AIOT_INDEX_MAIN INT_MAX

@@ -318,6 +318,12 @@ int aiot_worker_wait_stop(aiot_worker *w)
         return w->stop_signo;
 }
 
+int aiot_worker_stopping(const aiot_worker *w)
+{
+        aiot__return_if(!w, -EINVAL);
+        return w->stop_signo;
+}
+
 int aiot_worker_index(const aiot_worker *w)
 {
         aiot__return_if(!w, -EINVAL);

@@ -1,0 +1,413 @@
+/* SPDX-License-Identifier: MIT */
+/* aiot_worker_serve(): the one accept loop, connection lifecycle and drain of
+ * the library (the connection's stream is src/conn.c).
+ *
+ * A connection is in one of two states.  Watched: no task, a libev watcher on
+ * its fd, and a place in the idle list (oldest first, so that one timer for
+ * the head closes every connection idle past the idle timeout).  Every new
+ * connection starts there (unless server_first), so that a client that
+ * connects and sends nothing costs no stack.  Busy: a task runs the handler;
+ * it starts when the watcher reports bytes, runs the handler under the
+ * request timeout (a deadline, so it counts from the first byte however
+ * slowly the rest trickles in), runs it again at once while bytes are
+ * buffered (pipelining) and, when the handler returns AIOT_CONN_KEEP, frees
+ * the empty buffers and goes back to watched.  The watcher stays registered
+ * in between (see conn_readable()).
+ *
+ * The stop, in order: the acceptors are cancelled and take what is already
+ * queued (served, not reset), the listener copies are closed, then running
+ * handlers finish and kept connections may send one more request (handlers
+ * see aiot_worker_stopping() and answer "Connection: close") until every
+ * connection is gone or the drain time has passed; then the connections still
+ * watched are closed and the handlers still running are cancelled. */
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+#include <ev.h>
+
+#include "aiotools/conn.h"
+#include "aiotools/io.h"
+#include "aiotools/log.h"
+#include "aiotools/scope.h"
+#include "conn-internal.h"
+#include "macro.h"
+
+#define DEFAULT_MAX_CONNECTIONS 10000
+#define DEFAULT_IDLE_TIMEOUT 60.0
+#define DEFAULT_REQUEST_TIMEOUT 60.0
+#define DEFAULT_DRAIN_TIMEOUT 10.0
+#define FD_PAUSE 0.1          /* accepting pauses this long on EMFILE / ENFILE ... */
+#define FD_LOG_INTERVAL 10.0  /* ... and says so at most this often */
+
+struct aiot__serve {
+        aiot_worker *w;
+        struct aiot_serve_opts o; /* defaults resolved; timeouts < 0 are +INFINITY */
+        struct aiot_spawn_opts so;
+        struct ev_loop *ev;
+        aiot_scope *conns;        /* the handlers' tasks */
+        size_t n_conns;           /* open connections, watched ones included */
+        aiot_event *room;         /* set while n_conns < max_connections */
+        aiot_event *quiet;        /* set when the last connection closed */
+        aiot_conn *idle_head, *idle_tail;
+        ev_timer idle_timer;
+        bool closing;             /* after the drain: kept connections are closed */
+        double fd_logged;         /* when the fd limit was last logged */
+};
+
+struct acceptor {
+        struct aiot__serve *srv;
+        int lfd;
+};
+
+aiot_worker *aiot__serve_worker(const struct aiot__serve *srv)
+{
+        return srv->w;
+}
+
+/* ---------------------------------------------------------------- the idle list */
+
+static void idle_timer_arm(struct aiot__serve *srv)
+{
+        double left;
+
+        if (!srv->idle_head || ev_is_active(&srv->idle_timer) || isinf(srv->o.idle_timeout))
+                return;
+        left = srv->idle_head->idle_since + srv->o.idle_timeout - ev_now(srv->ev);
+        ev_timer_set(&srv->idle_timer, left > 0 ? left : 0, 0.);
+        ev_timer_start(srv->ev, &srv->idle_timer);
+}
+
+static void idle_append(struct aiot__serve *srv, aiot_conn *c)
+{
+        c->idle_since = ev_now(srv->ev);
+        c->idle_next = NULL;
+        c->idle_prev = srv->idle_tail;
+        if (srv->idle_tail)
+                srv->idle_tail->idle_next = c;
+        else
+                srv->idle_head = c;
+        srv->idle_tail = c;
+        idle_timer_arm(srv);
+}
+
+static void idle_unlink(struct aiot__serve *srv, aiot_conn *c)
+{
+        if (c->idle_prev)
+                c->idle_prev->idle_next = c->idle_next;
+        else if (srv->idle_head == c)
+                srv->idle_head = c->idle_next;
+        else
+                return; /* not in the list */
+        if (c->idle_next)
+                c->idle_next->idle_prev = c->idle_prev;
+        else
+                srv->idle_tail = c->idle_prev;
+        c->idle_prev = c->idle_next = NULL;
+}
+
+/* ---------------------------------------------------------------- connections */
+
+static void conn_close(aiot_conn *c)
+{
+        struct aiot__serve *srv = c->srv;
+
+        ev_io_stop(srv->ev, &c->io);
+        idle_unlink(srv, c);
+        aiot__conn_free(c);
+        srv->n_conns--;
+        if (srv->n_conns < srv->o.max_connections)
+                aiot_event_set(srv->room);
+        if (srv->n_conns == 0)
+                aiot_event_set(srv->quiet);
+}
+
+static void conn_watch(aiot_conn *c);
+
+/* Runs the handler while there is something to serve; see the file comment.
+ * The answers to pipelined messages gather in the write buffer and go out
+ * together (a read that would wait flushes them first, see conn.c). */
+static int conn_task(void *arg)
+{
+        aiot_conn *c = arg;
+        struct aiot__serve *srv = c->srv;
+        int r;
+
+        for (;;) {
+                aiot_deadline d;
+                bool keep, more;
+
+                aiot_deadline_begin(&d, srv->o.request_timeout);
+                r = srv->o.handler(c, srv->o.arg);
+                keep = r == AIOT_CONN_KEEP && !c->eof && !srv->closing;
+                more = keep && aiot__conn_buffered(c) > 0;
+                if (r >= 0 && !more) {
+                        int f = aiot_conn_flush(c, NULL);
+
+                        if (f < 0) {
+                                r = f;
+                                keep = false;
+                        }
+                }
+                aiot_deadline_end(&d);
+                if (!keep)
+                        break;
+                if (!more) {
+                        conn_watch(c);
+                        return 0;
+                }
+        }
+        if (r < 0)
+                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: %s, closing it", c->fd, strerror(-r));
+        conn_close(c);
+        return 0;
+}
+
+/* The watcher stays registered while the handler runs, so that a keep-alive
+ * request costs no epoll_ctl (stopping and restarting it costs one failing
+ * EPOLL_CTL_ADD each time in libev).  Only when it reports bytes the running
+ * handler has not read yet is it stopped, so that it cannot spin. */
+static void conn_readable(struct ev_loop *ev, ev_io *io, int revents)
+{
+        aiot_conn *c = io->data;
+
+        (void)revents;
+        if (c->busy) {
+                ev_io_stop(ev, io);
+                return;
+        }
+        idle_unlink(c->srv, c);
+        c->busy = true;
+        c->drained = false; /* libev says there are bytes (or EOF) */
+        if (aiot_spawn_opts(c->srv->conns, conn_task, c, &c->srv->so, NULL) < 0) {
+                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", c->fd);
+                conn_close(c);
+        }
+}
+
+/* From busy (or new) to watched. */
+static void conn_watch(aiot_conn *c)
+{
+        struct aiot__serve *srv = c->srv;
+
+        aiot__conn_shrink(c);
+        /* io.c's cached watcher would report the same readiness to nobody. */
+        (void)aiot_fd_forget(c->fd);
+        c->busy = false;
+        if (!ev_is_active(&c->io)) {
+                ev_io_init(&c->io, conn_readable, c->fd, EV_READ);
+                c->io.data = c;
+                ev_io_start(srv->ev, &c->io);
+        }
+        idle_append(srv, c);
+}
+
+static void idle_expired(struct ev_loop *ev, ev_timer *t, int revents)
+{
+        struct aiot__serve *srv = t->data;
+        double now = ev_now(ev);
+
+        (void)revents;
+        while (srv->idle_head && srv->idle_head->idle_since + srv->o.idle_timeout <= now)
+                conn_close(srv->idle_head);
+        idle_timer_arm(srv);
+}
+
+static void conn_open(struct aiot__serve *srv, int fd)
+{
+        aiot_conn *c;
+
+        if (aiot__conn_new(srv, fd, srv->o.state_size, &c) < 0) {
+                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: out of memory, closing it", fd);
+                (void)aiot_close(fd);
+                return;
+        }
+        srv->n_conns++;
+        if (srv->n_conns >= srv->o.max_connections)
+                aiot_event_clear(srv->room);
+        if (!srv->o.server_first) {
+                conn_watch(c);
+                return;
+        }
+        c->drained = true; /* nothing has arrived yet: wait before reading */
+        c->busy = true;
+        if (aiot_spawn_opts(srv->conns, conn_task, c, &srv->so, NULL) < 0) {
+                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", fd);
+                conn_close(c);
+        }
+}
+
+/* ---------------------------------------------------------------- accepting */
+
+static void log_fd_limit(struct aiot__serve *srv, int err)
+{
+        struct rlimit rl;
+        double now = aiot_now();
+
+        if (srv->fd_logged && now - srv->fd_logged < FD_LOG_INTERVAL)
+                return;
+        srv->fd_logged = now;
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                rl.rlim_cur = 0;
+        aiot_log(AIOT_LOG_WARNING, "accept: %s (RLIMIT_NOFILE is %llu, %zu connections open): not accepting for %g s",
+                 strerror(-err), (unsigned long long)rl.rlim_cur, srv->n_conns, FD_PAUSE);
+}
+
+/* At the stop: what is already queued is served rather than reset when the
+ * listener closes.  Past the connection limit too: these clients are here. */
+static void take_queued(struct acceptor *a)
+{
+        int fd;
+
+        while ((fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
+                conn_open(a->srv, fd);
+}
+
+static int accept_loop(void *arg)
+{
+        struct acceptor *a = arg;
+        struct aiot__serve *srv = a->srv;
+
+        for (;;) {
+                int fd;
+
+                while (srv->n_conns >= srv->o.max_connections)
+                        if (aiot_event_wait(srv->room) < 0)
+                                goto stop;
+                fd = aiot_accept(a->lfd, NULL, NULL);
+                if (fd >= 0) {
+                        conn_open(srv, fd);
+                        continue;
+                }
+                if (fd == -ECANCELED || fd == -ETIMEDOUT)
+                        break;
+                if (fd == -EBADF || fd == -EINVAL)
+                        return 0; /* closed, or shut down at a --reuseport stop */
+                if (fd == -EMFILE || fd == -ENFILE)
+                        log_fd_limit(srv, fd);
+                else
+                        aiot_log(AIOT_LOG_WARNING, "accept: %s: not accepting for %g s", strerror(-fd), FD_PAUSE);
+                if (aiot_sleep(FD_PAUSE) < 0)
+                        break;
+        }
+stop:
+        take_queued(a);
+        return 0;
+}
+
+/* ---------------------------------------------------------------- serve */
+
+static double timeout_or(double v, double dflt)
+{
+        if (v == 0)
+                return dflt;
+        return v < 0 ? INFINITY : v;
+}
+
+static int opts_resolve(const struct aiot_serve_opts *in, struct aiot__serve *srv)
+{
+        aiot__return_if(!in || in->size < offsetof(struct aiot_serve_opts, stack_size) + sizeof(size_t), -EINVAL);
+        aiot__return_if(!in->handler, -EINVAL);
+        aiot__return_if(isnan(in->idle_timeout) || isnan(in->request_timeout) || isnan(in->drain_timeout), -EINVAL);
+        /* A caller built before the later fields gets them zeroed. */
+        memcpy(&srv->o, in, in->size < sizeof(srv->o) ? in->size : sizeof(srv->o));
+        srv->o.size = sizeof(srv->o);
+        if (!srv->o.max_connections)
+                srv->o.max_connections = DEFAULT_MAX_CONNECTIONS;
+        srv->o.idle_timeout = timeout_or(in->idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        srv->o.request_timeout = timeout_or(in->request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        srv->o.drain_timeout = timeout_or(in->drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size};
+        return 0;
+}
+
+/* Until every connection is gone, at most the drain time. */
+static void drain(struct aiot__serve *srv)
+{
+        aiot_deadline d;
+
+        aiot_deadline_begin(&d, srv->o.drain_timeout);
+        while (srv->n_conns > 0) {
+                aiot_event_clear(srv->quiet);
+                if (aiot_event_wait(srv->quiet) < 0)
+                        break;
+        }
+        aiot_deadline_end(&d);
+}
+
+static int serve_run(struct aiot__serve *srv, const aiot_listener *ls, size_t n)
+{
+        struct acceptor *acc = calloc(n, sizeof(*acc));
+        aiot_scope *accs;
+        int r;
+
+        if (!acc)
+                return -ENOMEM;
+        r = aiot_scope_open(&accs, NULL);
+        if (r < 0) {
+                free(acc);
+                return r;
+        }
+        for (size_t i = 0; i < n && r == 0; i++) {
+                acc[i] = (struct acceptor){.srv = srv, .lfd = ls[i].fd};
+                r = aiot_spawn(accs, accept_loop, &acc[i], NULL);
+        }
+        if (r == 0)
+                r = aiot_worker_wait_stop(srv->w);
+        aiot_scope_cancel(accs);
+        aiot_scope_close(accs);
+        free(acc);
+        (void)aiot_worker_close_listeners(srv->w);
+        if (r > 0)
+                drain(srv);
+        srv->closing = true;
+        while (srv->idle_head)
+                conn_close(srv->idle_head);
+        (void)aiot_scope_drain(srv->conns, 0);
+        return r;
+}
+
+int aiot_worker_serve(aiot_worker *w, const struct aiot_serve_opts *opts)
+{
+        struct aiot__serve *srv;
+        const aiot_listener *ls;
+        size_t n;
+        int r;
+
+        aiot__return_if(!w, -EINVAL);
+        if (aiot_worker_kind(w) == AIOT_MAIN)
+                return -EPERM;
+        n = aiot_worker_listeners(w, &ls);
+        if (n == 0) {
+                aiot_log(AIOT_LOG_ERR, "aiot_worker_serve: no listening socket (give a --bind address)");
+                return -EINVAL;
+        }
+        srv = calloc(1, sizeof(*srv));
+        if (!srv)
+                return -ENOMEM;
+        r = opts_resolve(opts, srv);
+        if (r == 0)
+                r = aiot_event_new(&srv->room);
+        if (r == 0)
+                r = aiot_event_new(&srv->quiet);
+        if (r == 0)
+                r = aiot_scope_open(&srv->conns, NULL);
+        if (r == 0) {
+                srv->w = w;
+                srv->ev = aiot_loop_ev(aiot_worker_loop(w));
+                ev_timer_init(&srv->idle_timer, idle_expired, 0., 0.);
+                srv->idle_timer.data = srv;
+                aiot_event_set(srv->room);
+                r = serve_run(srv, ls, n);
+                aiot_scope_close(srv->conns);
+                ev_timer_stop(srv->ev, &srv->idle_timer);
+        }
+        aiot_event_free(srv->room);
+        aiot_event_free(srv->quiet);
+        free(srv);
+        return r;
+}

@@ -1,0 +1,636 @@
+/* SPDX-License-Identifier: MIT */
+/* The serving layer, through real sockets on 127.0.0.1: each test forks a
+ * server (aiot_server_run() with one worker whose body is aiot_worker_serve())
+ * running a line protocol handler, and drives it as a client would.
+ *
+ * The handler answers each line with the same line and keeps the connection
+ * (AIOT_CONN_KEEP); a line longer than LINE_MAX gets "ERR\n" and a close.  In
+ * the "slow" mode it sleeps SLOW_SECS before answering, so that connections
+ * pile up in the accept queue.  The line "info" is answered with what the
+ * connection calls report (conn_info()).  The last cases run aiotools-serve
+ * itself, with modules. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <aiotools.h>
+
+#include "testutil.h"
+
+#define LINE_MAX_ 64
+#define SLOW_SECS 0.3
+#define T_WAIT 5000 /* ms: a bound for anything that must happen, on a loaded machine */
+
+static int slow_mode;
+static rlim_t fd_limit;      /* nonzero: the server runs at this RLIMIT_NOFILE */
+static char log_path[64];    /* nonempty: the server's stderr goes there */
+
+/* "info": the peer's address, whether the fd is the peer's socket, the lines
+ * served on this connection (its state, kept across AIOT_CONN_KEEP) and
+ * whether the worker is stopping. */
+static int conn_info(aiot_conn *c)
+{
+        struct sockaddr_storage ss, mine;
+        socklen_t len = sizeof(ss), mlen = sizeof(mine);
+        char out[128], addr[64] = "?";
+        int r, n;
+
+        r = aiot_conn_peer(c, &ss, &len);
+        if (r == 0 && ss.ss_family == AF_INET)
+                inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, addr, sizeof(addr));
+        if (getsockname(aiot_conn_fd(c), (struct sockaddr *)&mine, &mlen) < 0)
+                return -errno;
+        n = snprintf(out, sizeof(out), "peer %s lines %u stopping %d\n", addr,
+                     aiot_conn_state(c) ? *(unsigned *)aiot_conn_state(c) : 0u,
+                     aiot_worker_stopping(aiot_conn_worker(c)));
+        r = aiot_conn_write(c, out, (size_t)n);
+        return r < 0 ? r : AIOT_CONN_KEEP;
+}
+
+static int line_conn(aiot_conn *c, void *arg)
+{
+        const char *line;
+        ssize_t n = aiot_conn_read_until(c, "\n", LINE_MAX_, &line);
+        int r;
+
+        (void)arg;
+        if (n == -EMSGSIZE)
+                return aiot_conn_write(c, "ERR\n", 4);
+        if (n <= 0)
+                return (int)n;
+        if (slow_mode && (r = aiot_sleep(SLOW_SECS)) < 0)
+                return r;
+        if (aiot_conn_state(c))
+                ++*(unsigned *)aiot_conn_state(c);
+        if (n == 5 && !memcmp(line, "info\n", 5))
+                return conn_info(c);
+        r = aiot_conn_write(c, line, (size_t)n);
+        return r < 0 ? r : AIOT_CONN_KEEP;
+}
+
+static struct aiot_serve_opts opts;
+
+static int serve_worker(aiot_worker *w)
+{
+        int r = aiot_worker_serve(w, &opts);
+
+        return r < 0 ? r : 0;
+}
+
+struct server {
+        pid_t pid;
+        int port;
+};
+
+static double now(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A port that was free a moment ago. */
+static int free_port(void)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+        close(fd);
+        return ntohs(sa.sin_port);
+}
+
+static int try_connect(int port)
+{
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ck_assert_int_ge(fd, 0);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                close(fd);
+                return -errno;
+        }
+        return fd;
+}
+
+static int tcp_connect(int port)
+{
+        int fd = try_connect(port);
+
+        ck_assert_msg(fd >= 0, "connect to %d: %s", port, strerror(-fd));
+        return fd;
+}
+
+/* Starts the server with the options in opts (handler set here). */
+static void server_start(struct server *s)
+{
+        static char bind_addr[32];
+        static const char *binds[1];
+        double t0 = now();
+        int fd;
+
+        s->port = free_port();
+        snprintf(bind_addr, sizeof(bind_addr), "127.0.0.1:%d", s->port);
+        binds[0] = bind_addr;
+        opts.size = sizeof(opts);
+        opts.handler = line_conn;
+        s->pid = fork();
+        ck_assert_int_ge(s->pid, 0);
+        if (s->pid == 0) {
+                struct aiot_server_config cfg = {
+                        .size = sizeof(cfg), .workers = 1, .worker = serve_worker,
+                        .binds = binds, .n_binds = 1, .stop_timeout = 20,
+                };
+
+                aiot_log_set_level(AIOT_LOG_WARNING);
+                if (fd_limit) {
+                        struct rlimit rl = {fd_limit, fd_limit};
+
+                        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                                _exit(99);
+                }
+                if (log_path[0]) {
+                        int lf = open(log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+                        if (lf < 0 || dup2(lf, 2) < 0)
+                                _exit(98);
+                }
+                _exit(aiot_server_run(&cfg));
+        }
+        /* Ready once it accepts (the probe connection is simply closed). */
+        while ((fd = try_connect(s->port)) < 0) {
+                ck_assert_msg(now() - t0 < T_WAIT / 1000.0, "the server did not start listening");
+                usleep(10000);
+        }
+        close(fd);
+}
+
+static int server_stop(struct server *s)
+{
+        int status;
+
+        kill(s->pid, SIGTERM);
+        ck_assert_int_eq(waitpid(s->pid, &status, 0), s->pid);
+        ck_assert(WIFEXITED(status));
+        return WEXITSTATUS(status);
+}
+
+/* Whether fd becomes readable within ms. */
+static int readable(int fd, int ms)
+{
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+
+        return poll(&p, 1, ms) == 1;
+}
+
+/* Reads exactly len bytes (or until EOF / error) with a bound per read. */
+static ssize_t read_n(int fd, char *buf, size_t len)
+{
+        size_t got = 0;
+
+        while (got < len) {
+                ssize_t n;
+
+                if (!readable(fd, T_WAIT))
+                        break;
+                n = read(fd, buf + got, len - got);
+                if (n <= 0)
+                        return got ? (ssize_t)got : n;
+                got += (size_t)n;
+        }
+        return (ssize_t)got;
+}
+
+static void send_str(int fd, const char *s)
+{
+        ck_assert_int_eq(write(fd, s, strlen(s)), (ssize_t)strlen(s));
+}
+
+static void expect_line(int fd, const char *line)
+{
+        char buf[256] = {0};
+        size_t len = strlen(line);
+
+        ck_assert_int_eq(read_n(fd, buf, len), (ssize_t)len);
+        ck_assert_str_eq(buf, line);
+}
+
+/* The peer closed: EOF (not a reset), within ms. */
+static void expect_eof(int fd, int ms)
+{
+        char c;
+
+        ck_assert_msg(readable(fd, ms), "not closed within %d ms", ms);
+        ck_assert_int_eq(read(fd, &c, 1), 0);
+}
+
+static void reset_opts(void)
+{
+        memset(&opts, 0, sizeof(opts));
+        slow_mode = 0;
+        fd_limit = 0;
+        log_path[0] = '\0';
+}
+
+START_TEST(test_echo_200_concurrent)
+{
+        struct server s;
+        int fds[200];
+        char line[32];
+
+        reset_opts();
+        server_start(&s);
+        for (int i = 0; i < 200; i++)
+                fds[i] = tcp_connect(s.port);
+        for (int i = 0; i < 200; i++) {
+                snprintf(line, sizeof(line), "hello %d\n", i);
+                send_str(fds[i], line);
+        }
+        for (int i = 0; i < 200; i++) {
+                snprintf(line, sizeof(line), "hello %d\n", i);
+                expect_line(fds[i], line);
+                close(fds[i]);
+        }
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(test_pipelined_in_order)
+{
+        struct server s;
+        int fd;
+
+        reset_opts();
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        send_str(fd, "one\ntwo\nthree\nfour");
+        expect_line(fd, "one\ntwo\nthree\n");
+        send_str(fd, "\nfive\n");
+        expect_line(fd, "four\nfive\n");
+        close(fd);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(test_keep_survives_idle_then_idle_timeout)
+{
+        struct server s;
+        int fd, silent;
+        double t0;
+
+        reset_opts();
+        opts.idle_timeout = 0.6;
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        silent = tcp_connect(s.port);
+        send_str(fd, "a\n");
+        expect_line(fd, "a\n");
+        usleep(300000); /* idle, less than the timeout */
+        send_str(fd, "b\n");
+        expect_line(fd, "b\n");
+        t0 = now();
+        expect_eof(fd, T_WAIT);
+        ck_assert_double_ge(now() - t0, 0.4);
+        /* A connection that never sent a byte is closed too. */
+        expect_eof(silent, T_WAIT);
+        close(fd);
+        close(silent);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+/* A client trickling a byte every 0.2 s is cut off by the request timeout,
+ * counted from its first byte; a normal client is answered meanwhile. */
+START_TEST(test_request_timeout_stops_slowloris)
+{
+        struct server s;
+        int slow, fd, closed = 0;
+        double t0;
+
+        reset_opts();
+        opts.request_timeout = 0.8;
+        server_start(&s);
+        slow = tcp_connect(s.port);
+        fd = tcp_connect(s.port);
+        t0 = now();
+        for (int i = 0; i < 25 && !closed; i++) {
+                if (write(slow, "x", 1) != 1)
+                        break;
+                send_str(fd, "ping\n");
+                expect_line(fd, "ping\n");
+                closed = readable(slow, 200);
+        }
+        ck_assert_msg(closed, "the slow client was not cut off");
+        ck_assert_double_ge(now() - t0, 0.6);
+        ck_assert_double_lt(now() - t0, 3.0);
+        {
+                char c;
+
+                ck_assert_int_eq(read(slow, &c, 1), 0);
+        }
+        send_str(fd, "still\n");
+        expect_line(fd, "still\n");
+        close(slow);
+        close(fd);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+START_TEST(test_max_connections_holds_and_recovers)
+{
+        struct server s;
+        int a, b, c;
+
+        reset_opts();
+        opts.max_connections = 2;
+        server_start(&s);
+        usleep(100000); /* the probe connection is closed */
+        a = tcp_connect(s.port);
+        send_str(a, "a\n");
+        expect_line(a, "a\n");
+        b = tcp_connect(s.port);
+        send_str(b, "b\n");
+        expect_line(b, "b\n");
+        c = tcp_connect(s.port); /* queued by the kernel, not accepted */
+        send_str(c, "c\n");
+        ck_assert_msg(!readable(c, 400), "a third connection was served at the limit of 2");
+        close(a);
+        expect_line(c, "c\n");
+        send_str(b, "b2\n");
+        expect_line(b, "b2\n");
+        close(b);
+        close(c);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+/* Stop with connections open and queued past the limit: every request is
+ * answered, none is reset, and the server exits cleanly. */
+START_TEST(test_stop_answers_open_and_queued)
+{
+        struct server s;
+        int fds[20];
+        double t0;
+
+        reset_opts();
+        opts.max_connections = 5;
+        slow_mode = 1; /* 5 served at a time, 15 wait in the accept queue */
+        server_start(&s);
+        usleep(100000);
+        for (int i = 0; i < 20; i++) {
+                fds[i] = tcp_connect(s.port);
+                send_str(fds[i], "q\n");
+        }
+        kill(s.pid, SIGTERM);
+        for (int i = 0; i < 20; i++) {
+                expect_line(fds[i], "q\n");
+                close(fds[i]);
+        }
+        t0 = now();
+        {
+                int status;
+
+                ck_assert_int_eq(waitpid(s.pid, &status, 0), s.pid);
+                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        ck_assert_double_lt(now() - t0, 5.0);
+        ck_assert_int_eq(try_connect(s.port), -ECONNREFUSED);
+}
+END_TEST
+
+START_TEST(test_overlong_line_and_garbage)
+{
+        struct server s;
+        char big[200], bin[256];
+        int fd;
+
+        reset_opts();
+        server_start(&s);
+        memset(big, 'a', sizeof(big));
+        fd = tcp_connect(s.port);
+        ck_assert_int_eq(write(fd, big, sizeof(big)), (ssize_t)sizeof(big));
+        expect_line(fd, "ERR\n");
+        expect_eof(fd, T_WAIT);
+        close(fd);
+        for (int i = 0; i < 256; i++)
+                bin[i] = (char)(255 - i); /* contains '\n' and NUL */
+        fd = tcp_connect(s.port);
+        ck_assert_int_eq(write(fd, bin, sizeof(bin)), (ssize_t)sizeof(bin));
+        shutdown(fd, SHUT_WR);
+        {
+                char back[512];
+                ssize_t n = read_n(fd, back, sizeof(back));
+
+                ck_assert_int_gt(n, 0); /* the first "line", up to '\n', then ERR or EOF */
+        }
+        close(fd);
+        /* The server still serves. */
+        fd = tcp_connect(s.port);
+        send_str(fd, "ok\n");
+        expect_line(fd, "ok\n");
+        close(fd);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
+/* The connection calls: the peer, the fd, the state kept across KEEP (the
+ * handler runs in a fresh task each time), the worker and its stopping flag. */
+START_TEST(test_conn_state_peer_and_stopping)
+{
+        struct server s;
+        int fd;
+
+        reset_opts();
+        opts.state_size = sizeof(unsigned);
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        send_str(fd, "a\n");
+        expect_line(fd, "a\n");
+        usleep(50000);
+        send_str(fd, "b\nc\n");
+        expect_line(fd, "b\nc\n");
+        send_str(fd, "info\n");
+        expect_line(fd, "peer 127.0.0.1 lines 4 stopping 0\n");
+        kill(s.pid, SIGTERM);
+        usleep(200000); /* the worker has its stop signal and drains */
+        send_str(fd, "info\n");
+        expect_line(fd, "peer 127.0.0.1 lines 5 stopping 15\n");
+        close(fd);
+        {
+                int status;
+
+                ck_assert_int_eq(waitpid(s.pid, &status, 0), s.pid);
+                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+}
+END_TEST
+
+/* The server's log so far, NUL-terminated. */
+static void read_log(char *buf, size_t len)
+{
+        FILE *f = fopen(log_path, "r");
+        size_t n = 0;
+
+        if (f) {
+                n = fread(buf, 1, len - 1, f);
+                fclose(f);
+        }
+        buf[n] = '\0';
+}
+
+/* Out of fds (RLIMIT_NOFILE 64, soft = hard) with 80 connections open at once:
+ * accepting pauses instead of spinning, the log names the limit once, and
+ * every connection is answered as others close.  No connection is closed
+ * before the limit was logged, so that the worker surely hits it. */
+START_TEST(test_emfile_pauses_and_recovers)
+{
+        struct server s;
+        int fds[80];
+        char line[32], logbuf[4096];
+        double t0;
+
+        reset_opts();
+        fd_limit = 64;
+        snprintf(log_path, sizeof(log_path), "/tmp/check-serve-%d.log", (int)getpid());
+        server_start(&s);
+        for (int i = 0; i < 80; i++) {
+                fds[i] = tcp_connect(s.port);
+                snprintf(line, sizeof(line), "n %d\n", i);
+                send_str(fds[i], line);
+        }
+        t0 = now();
+        do {
+                usleep(20000);
+                read_log(logbuf, sizeof(logbuf));
+        } while (!strstr(logbuf, "RLIMIT_NOFILE is 64") && now() - t0 < T_WAIT / 1000.0);
+        ck_assert_msg(strstr(logbuf, "Too many open files (RLIMIT_NOFILE is 64"), "log: %s", logbuf);
+        for (int i = 0; i < 80; i++) {
+                snprintf(line, sizeof(line), "n %d\n", i);
+                expect_line(fds[i], line);
+                close(fds[i]);
+        }
+        ck_assert_int_eq(server_stop(&s), 0);
+        read_log(logbuf, sizeof(logbuf));
+        unlink(log_path);
+        /* Once per interval, not once per attempt. */
+        ck_assert_ptr_null(strstr(strstr(logbuf, "RLIMIT_NOFILE is 64") + 1, "RLIMIT_NOFILE is 64"));
+}
+END_TEST
+
+/* ---------------------------------------------------------------- through aiotools-serve */
+
+static const char *builddir(void)
+{
+        const char *b = getenv("top_builddir");
+
+        return b ? b : ".";
+}
+
+/* aiotools-serve --check MODULE's output line. */
+static void check_module(const char *module, char *out, size_t len)
+{
+        char cmd[1024];
+        FILE *f;
+
+        snprintf(cmd, sizeof(cmd), "%s/daemon/aiotools-serve --check %s/%s 2>&1", builddir(), builddir(), module);
+        f = popen(cmd, "r");
+        ck_assert_ptr_nonnull(f);
+        if (!fgets(out, (int)len, f))
+                out[0] = '\0';
+        pclose(f);
+}
+
+/* A module built before the connection fields loads as a worker module (the
+ * daemon does not read past its object); echo is a connection handler. */
+START_TEST(test_module_kinds)
+{
+        char out[512];
+
+        check_module("tests/.libs/oldabi.so", out, sizeof(out));
+        ck_assert_msg(strstr(out, "module 'oldabi'") && strstr(out, "ABI 1, a worker function"), "%s", out);
+        check_module("examples/.libs/echo.so", out, sizeof(out));
+        ck_assert_msg(strstr(out, "module 'echo'") && strstr(out, "a connection handler"), "%s", out);
+}
+END_TEST
+
+/* The command line's limits reach the layer: echo with --idle-timeout. */
+START_TEST(test_cli_idle_timeout_reaches_echo)
+{
+        char serve[512], module[512], bind[64];
+        int port = free_port(), fd = -1, status;
+        double t0 = now();
+        pid_t pid;
+
+        snprintf(serve, sizeof(serve), "%s/daemon/aiotools-serve", builddir());
+        snprintf(module, sizeof(module), "%s/examples/.libs/echo.so", builddir());
+        snprintf(bind, sizeof(bind), "127.0.0.1:%d", port);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                execl(serve, serve, "-w", "1", "-b", bind, "--idle-timeout=0.5", "--log-level=warning", module,
+                      (char *)NULL);
+                _exit(127);
+        }
+        while ((fd = try_connect(port)) < 0) {
+                ck_assert_msg(now() - t0 < T_WAIT / 1000.0, "aiotools-serve did not start listening");
+                usleep(10000);
+        }
+        send_str(fd, "echo me\n");
+        expect_line(fd, "echo me\n");
+        t0 = now();
+        expect_eof(fd, T_WAIT);
+        ck_assert_double_ge(now() - t0, 0.3);
+        close(fd);
+        kill(pid, SIGTERM);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+END_TEST
+
+static Suite *serve_suite(void)
+{
+        Suite *s = suite_create("serve");
+        TCase *tc = tcase_create("serve");
+
+        tcase_set_timeout(tc, 30);
+        tcase_add_test(tc, test_echo_200_concurrent);
+        tcase_add_test(tc, test_pipelined_in_order);
+        tcase_add_test(tc, test_keep_survives_idle_then_idle_timeout);
+        tcase_add_test(tc, test_request_timeout_stops_slowloris);
+        tcase_add_test(tc, test_max_connections_holds_and_recovers);
+        tcase_add_test(tc, test_stop_answers_open_and_queued);
+        tcase_add_test(tc, test_overlong_line_and_garbage);
+        tcase_add_test(tc, test_emfile_pauses_and_recovers);
+        tcase_add_test(tc, test_conn_state_peer_and_stopping);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("aiotools-serve");
+        tcase_set_timeout(tc, 30);
+        tcase_add_test(tc, test_module_kinds);
+        tcase_add_test(tc, test_cli_idle_timeout_reaches_echo);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void)
+{
+        signal(SIGPIPE, SIG_IGN);
+        return testutil_run(serve_suite());
+}

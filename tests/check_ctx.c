@@ -268,56 +268,44 @@ static const char *namer(void)
 
 enum { MODE_POOLED, MODE_ODD, MODE_NOT_GUARD };
 
-/* In a child with stderr on a pipe: overflow a task stack (or fault elsewhere);
- * returns the wait status and what the child wrote to stderr. */
+struct overflow_child {
+        int mode;
+        const char *guard_env;
+};
+
+/* In the child: overflow a task stack (or fault elsewhere). */
+static void overflow_child(void *arg)
+{
+        const struct overflow_child *o = arg;
+        static aiot__ctx task;
+        aiot__stack_pool *pool;
+        void *lo, *filler[3];
+        size_t u, fu;
+
+        if (o->guard_env)
+                setenv("AIOTOOLS_STACK_GUARD", o->guard_env, 1);
+        if (aiot__stack_pool_new(&pool, 64 * 1024) < 0)
+                _exit(90);
+        aiot__stack_overflow_namer = namer;
+        /* Not the first slot of a chunk: guards between stacks work too. */
+        for (int i = 0; i < 3; i++)
+                if (aiot__stack_get(pool, 0, &filler[i], &fu) < 0)
+                        _exit(91);
+        if (aiot__stack_get(pool, o->mode == MODE_ODD ? 1024 * 1024 : 0, &lo, &u) < 0)
+                _exit(92);
+        if (o->mode == MODE_NOT_GUARD)
+                *(volatile int *)not_a_guard = 1;
+        aiot__ctx_make(&task, lo, u, overflow_main, NULL);
+        aiot__ctx_switch(&main_ctx, &task);
+        _exit(93);
+}
+
+/* Returns the child's wait status and what it wrote to stderr. */
 static int run_child(int mode, const char *guard_env, char *out, size_t outsz)
 {
-        int pfd[2], status;
-        size_t len = 0;
-        ssize_t r;
-        pid_t pid;
+        struct overflow_child o = {mode, guard_env};
 
-        ck_assert_int_eq(pipe(pfd), 0);
-        pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                struct rlimit nocore = {0, 0};
-                static aiot__ctx task;
-                aiot__stack_pool *pool;
-                void *lo, *filler[3];
-                size_t u, fu;
-
-                setrlimit(RLIMIT_CORE, &nocore);
-                dup2(pfd[1], STDERR_FILENO);
-                close(pfd[0]);
-                if (guard_env)
-                        setenv("AIOTOOLS_STACK_GUARD", guard_env, 1);
-                if (aiot__stack_pool_new(&pool, 64 * 1024) < 0)
-                        _exit(90);
-                aiot__stack_overflow_namer = namer;
-                /* Not the first slot of a chunk: guards between stacks work too. */
-                for (int i = 0; i < 3; i++)
-                        if (aiot__stack_get(pool, 0, &filler[i], &fu) < 0)
-                                _exit(91);
-                if (aiot__stack_get(pool, mode == MODE_ODD ? 1024 * 1024 : 0, &lo, &u) < 0)
-                        _exit(92);
-                if (mode == MODE_NOT_GUARD)
-                        *(volatile int *)not_a_guard = 1;
-                aiot__ctx_make(&task, lo, u, overflow_main, NULL);
-                aiot__ctx_switch(&main_ctx, &task);
-                _exit(93);
-        }
-        close(pfd[1]);
-        while (len < outsz - 1 && (r = read(pfd[0], out + len, outsz - 1 - len)) != 0) {
-                if (r < 0 && errno == EINTR)
-                        continue;
-                ck_assert_int_gt(r, 0);
-                len += (size_t)r;
-        }
-        out[len] = '\0';
-        close(pfd[0]);
-        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-        return status;
+        return testutil_child_stderr(overflow_child, &o, out, outsz);
 }
 
 static void assert_overflow_report(int mode, const char *guard_env)

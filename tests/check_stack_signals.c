@@ -84,42 +84,30 @@ static void earlier_handler(int sig)
         _exit(EARLIER_HANDLER_RAN);
 }
 
-/* Forks a child that runs the action in a task; returns its wait status and
- * what it wrote to stderr. */
+struct signal_child {
+        enum action a;
+        int with_earlier_handler;
+};
+
+/* In the child: the action in a task; it must not survive. */
+static void signal_child(void *arg)
+{
+        struct signal_child *c = arg;
+
+        if (c->with_earlier_handler) {
+                signal(SIGSEGV, earlier_handler);
+                signal(SIGBUS, earlier_handler);
+        }
+        testutil_run_loop(root, &c->a, 0);
+        _exit(SURVIVED);
+}
+
+/* Returns the child's wait status and what it wrote to stderr. */
 static int run_child(enum action a, int with_earlier_handler, char *out, size_t outsz)
 {
-        int pfd[2], status;
-        size_t len = 0;
-        ssize_t r;
-        pid_t pid;
+        struct signal_child c = {a, with_earlier_handler};
 
-        ck_assert_int_eq(pipe(pfd), 0);
-        pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                struct rlimit nocore = {0, 0};
-
-                setrlimit(RLIMIT_CORE, &nocore);
-                dup2(pfd[1], STDERR_FILENO);
-                close(pfd[0]);
-                if (with_earlier_handler) {
-                        signal(SIGSEGV, earlier_handler);
-                        signal(SIGBUS, earlier_handler);
-                }
-                testutil_run_loop(root, &a, 0);
-                _exit(SURVIVED);
-        }
-        close(pfd[1]);
-        while (len < outsz - 1 && (r = read(pfd[0], out + len, outsz - 1 - len)) != 0) {
-                if (r < 0 && errno == EINTR)
-                        continue;
-                ck_assert_int_gt(r, 0);
-                len += (size_t)r;
-        }
-        out[len] = '\0';
-        close(pfd[0]);
-        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-        return status;
+        return testutil_child_stderr(signal_child, &c, out, outsz);
 }
 
 /* Without ASan the child dies by sig.  Under ASan the reporter passes the

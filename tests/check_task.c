@@ -1286,41 +1286,23 @@ __attribute__((unused)) static int overflow_main(void *arg)
         return aiot_scope_close(s);
 }
 
+/* In the child of test_stack_overflow_names_task. */
+__attribute__((unused)) static void overflow_child(void *arg)
+{
+        run(overflow_main, NULL, 0);
+}
+
 START_TEST(test_stack_overflow_names_task)
 {
 #if defined(__SANITIZE_ADDRESS__)
         return; /* ASan reports the overflow itself */
 #else
         char out[4096];
-        size_t len = 0;
-        int pfd[2], status;
-        ssize_t r;
-        pid_t pid;
+        int status;
 
         if (getenv("LD_PRELOAD") && strstr(getenv("LD_PRELOAD"), "vgpreload"))
                 return; /* valgrind reports it itself */
-        ck_assert_int_eq(pipe(pfd), 0);
-        pid = fork();
-        ck_assert_int_ge(pid, 0);
-        if (pid == 0) {
-                struct rlimit nocore = { 0, 0 };
-
-                setrlimit(RLIMIT_CORE, &nocore);
-                dup2(pfd[1], STDERR_FILENO);
-                close(pfd[0]);
-                run(overflow_main, NULL, 0);
-                _exit(0);
-        }
-        close(pfd[1]);
-        while (len < sizeof(out) - 1 && (r = read(pfd[0], out + len, sizeof(out) - 1 - len)) != 0) {
-                if (r < 0 && errno == EINTR)
-                        continue;
-                ck_assert_int_gt(r, 0);
-                len += (size_t)r;
-        }
-        out[len] = '\0';
-        close(pfd[0]);
-        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        status = testutil_child_stderr(overflow_child, NULL, out, sizeof(out));
         ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "status %#x: %s", status, out);
         ck_assert_msg(strstr(out, "stack overflow in task 0x") && strstr(out, " (fn 0x"), "stderr: %s", out);
 #endif

@@ -5,9 +5,11 @@
 
 #include <check.h>
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -86,6 +88,41 @@ static inline int testutil_count_fds(void)
                         n++;
         closedir(d);
         return n - 1; /* the directory's own fd */
+}
+
+/* Forks a child that runs child(arg) with its stderr on a pipe and no core
+ * dump (it is expected to die), then _exit(0)s.  Returns the child's wait
+ * status; out gets what it wrote to stderr, NUL-terminated. */
+static inline int testutil_child_stderr(void (*child)(void *), void *arg, char *out, size_t outsz)
+{
+        int pfd[2], status;
+        size_t len = 0;
+        ssize_t r;
+        pid_t pid;
+
+        ck_assert_int_eq(pipe(pfd), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                struct rlimit nocore = {0, 0};
+
+                setrlimit(RLIMIT_CORE, &nocore);
+                dup2(pfd[1], STDERR_FILENO);
+                close(pfd[0]);
+                child(arg);
+                _exit(0);
+        }
+        close(pfd[1]);
+        while (len < outsz - 1 && (r = read(pfd[0], out + len, outsz - 1 - len)) != 0) {
+                if (r < 0 && errno == EINTR)
+                        continue;
+                ck_assert_int_gt(r, 0);
+                len += (size_t)r;
+        }
+        out[len] = '\0';
+        close(pfd[0]);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        return status;
 }
 
 #endif

@@ -33,6 +33,8 @@
 #ifndef AIOT_RUNTIME_PRIVATE_H
 #define AIOT_RUNTIME_PRIVATE_H
 
+#include <assert.h>
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -193,11 +195,10 @@ void aiot__task_free(aiot_task *t);
 void aiot__interrupt(aiot_task *t, int rc);  /* a cancellation or deadline reaches t */
 
 /* scope.c */
-int aiot__scope_child_done(aiot_task *t);        /* in the ending child (t->scope set),
-                                                    shielded: runs the error handler and
-                                                    hook (may block) and returns 1; with
-                                                    neither, ends t (below), returns 0 */
-void aiot__scope_child_ended(aiot_task *t);      /* after a 1, t cleaned up: no longer live */
+void aiot__scope_child_report(aiot_task *t);     /* in the ending child (t->scope set),
+                                                    shielded, when scope_child_reports(t):
+                                                    runs the error handler and the hook
+                                                    (may block) */
 void aiot__scope_cancel_hosted(aiot_task *t);    /* the host's cancellation was delivered */
 void aiot__scope_close_leftovers(aiot_task *t);  /* at task end: scopes left open */
 void aiot__scope_release_child(aiot_task *t);    /* unlink + free an ended child */
@@ -213,6 +214,47 @@ static inline int aiot__task_cancelled(const aiot_task *t)
 static inline int aiot__task_deadline_expired(const aiot_task *t)
 {
         return t->pub.n_expired != 0;
+}
+
+/* ---------------------------------------------------------------- scope membership */
+
+/* Inline, with the two below: every task's end runs them (task.c), and each call
+ * level out of task_finish() cost about a nanosecond of a spawn + join. */
+static inline void scope_child_unlink(aiot_task *t)
+{
+        aiot_scope *s = t->scope;
+
+        if (!s)
+                return;
+        if (t->sc_prev)
+                t->sc_prev->sc_next = t->sc_next;
+        else
+                s->children = t->sc_next;
+        if (t->sc_next)
+                t->sc_next->sc_prev = t->sc_prev;
+        t->scope = NULL;
+}
+
+/* Whether the end of t (its result set) has something to report to its scope:
+ * a failure for the error handler, or any end for a completion hook. */
+static inline int scope_child_reports(const aiot_task *t)
+{
+        int rc = t->result;
+
+        return (rc < 0 && rc != -ECANCELED) || t->scope->done_hook != NULL;
+}
+
+int aiot__wake(aiot_task *t, int rc);
+
+/* t ended and is cleaned up: it no longer counts as live in its scope, and a
+ * host closing the scope wakes when it was the last. */
+static inline void scope_child_ended(aiot_task *t)
+{
+        aiot_scope *s = t->scope;
+
+        assert(s->live > 0);
+        if (--s->live == 0 && s->closing)
+                aiot__wake(s->host, 0);
 }
 
 /* ---------------------------------------------------------------- run queue */
@@ -254,6 +296,18 @@ static inline int direct_ok(aiot_loop *l)
         if (AIOT_LIKELY(++l->since_poll < POLL_CHECK_EVERY))
                 return 1;
         return !aiot__poll_due_slow(l);
+}
+
+/* aiot__wake() (runtime.h), inline for the runtime's own hot paths. */
+AIOT_INLINE int wake_task(aiot_task *t, int rc)
+{
+        if (t->state != AIOT__T_PARKED)
+                return 0;
+        t->unpark = NULL;
+        t->wake_rc = rc;
+        t->state = AIOT__T_READY;
+        rq_push(t->pub.loop, t);
+        return 1;
 }
 
 /* ---------------------------------------------------------------- switch */

@@ -33,24 +33,9 @@ static void child_link(aiot_scope *s, aiot_task *t)
         s->children = t;
 }
 
-static void child_unlink(aiot_task *t)
-{
-        aiot_scope *s = t->scope;
-
-        if (!s)
-                return;
-        if (t->sc_prev)
-                t->sc_prev->sc_next = t->sc_next;
-        else
-                s->children = t->sc_next;
-        if (t->sc_next)
-                t->sc_next->sc_prev = t->sc_prev;
-        t->scope = NULL;
-}
-
 void aiot__scope_release_child(aiot_task *t)
 {
-        child_unlink(t);
+        scope_child_unlink(t);
         aiot__task_free(t);
 }
 
@@ -162,15 +147,11 @@ static void default_on_error(aiot_task *t, int rc, void *userdata)
         aiot_log(AIOT_LOG_INFO, "task %p failed: %s (no error handler in its scope)", (void *)t, strerror(-rc));
 }
 
-int aiot__scope_child_done(aiot_task *t)
+void aiot__scope_child_report(aiot_task *t)
 {
         aiot_scope *s = t->scope;
         int rc = t->result;
 
-        if (!(rc < 0 && rc != -ECANCELED) && !s->done_hook) {
-                aiot__scope_child_ended(t);
-                return 0;
-        }
         if (rc < 0 && rc != -ECANCELED) {
                 if (s->fail_fast && !s->first_error) {
                         s->first_error = rc;
@@ -183,16 +164,6 @@ int aiot__scope_child_done(aiot_task *t)
         }
         if (s->done_hook)
                 s->done_hook(s, t);
-        return 1;
-}
-
-void aiot__scope_child_ended(aiot_task *t)
-{
-        aiot_scope *s = t->scope;
-
-        assert(s->live > 0);
-        if (--s->live == 0 && s->closing)
-                aiot__wake(s->host, 0);
 }
 
 /* ---------------------------------------------------------------- open / close */
@@ -257,7 +228,7 @@ int aiot_scope_close(aiot_scope *s)
         while (s->children) {
                 aiot_task *t = s->children;
 
-                child_unlink(t);
+                scope_child_unlink(t);
                 /* A task being waited for is freed by its last waiter. */
                 if (!t->n_waiting)
                         aiot__task_free(t);

@@ -36,7 +36,9 @@ typedef void (*aiot__ctx_entry)(void *arg);
 typedef struct aiot__ctx {
         /* The saved stack pointer (asm switch); must stay the first member. */
         void *sp;
-        /* What aiot__ctx_make() was given, for the first-entry trampolines. */
+        /* What aiot__ctx_make() was given, for ctx_first() (ucontext and ASan
+         * builds; the plain assembly build keeps both in the initial frame and
+         * leaves these unset). */
         aiot__ctx_entry entry;
         void *arg;
 #ifdef AIOT_CONTEXT_UCONTEXT

@@ -189,8 +189,9 @@ void aiot__timers_fire(aiot_loop *l, uint64_t now);
 
 /* task.c */
 int aiot__task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_size, aiot_task **ret);
-int aiot__task_new(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, int want_handle,
-                   aiot_task **ret);
+int aiot__task_spawn(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, int want_handle,
+                     aiot_task **ret); /* a member of s, live, cancelled at once when s is;
+                                          *ret set on success only */
 void aiot__task_free(aiot_task *t);
 void aiot__interrupt(aiot_task *t, int rc);  /* a cancellation or deadline reaches t */
 
@@ -220,6 +221,16 @@ static inline int aiot__task_deadline_expired(const aiot_task *t)
 
 /* Inline, with the two below: every task's end runs them (task.c), and each call
  * level out of task_finish() cost about a nanosecond of a spawn + join. */
+static inline void scope_child_link(aiot_scope *s, aiot_task *t)
+{
+        t->scope = s;
+        t->sc_prev = NULL;
+        t->sc_next = s->children;
+        if (s->children)
+                s->children->sc_prev = t;
+        s->children = t;
+}
+
 static inline void scope_child_unlink(aiot_task *t)
 {
         aiot_scope *s = t->scope;

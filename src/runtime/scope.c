@@ -23,16 +23,6 @@
 
 /* ---------------------------------------------------------------- membership */
 
-static void child_link(aiot_scope *s, aiot_task *t)
-{
-        t->scope = s;
-        t->sc_prev = NULL;
-        t->sc_next = s->children;
-        if (s->children)
-                s->children->sc_prev = t;
-        s->children = t;
-}
-
 void aiot__scope_release_child(aiot_task *t)
 {
         scope_child_unlink(t);
@@ -40,25 +30,6 @@ void aiot__scope_release_child(aiot_task *t)
 }
 
 /* ---------------------------------------------------------------- spawn */
-
-/* Creates a task in s: a member of the scope, live, and cancelled at once when
- * the scope already is.  *ret is only set on success.  Inlined: aiot_spawn() is
- * on the spawn / join fast path, and a call level here measurably costs. */
-static inline __attribute__((always_inline)) int spawn_into(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, int want_handle,
-                      aiot_task **ret)
-{
-        aiot_task *t;
-        int r = aiot__task_new(s, fn, arg, stack_size, want_handle, &t);
-
-        if (r < 0)
-                return r;
-        child_link(s, t);
-        s->live++;
-        if (s->cancelled)
-                aiot_cancel(t);
-        *ret = t;
-        return 0;
-}
 
 int aiot_spawn_opts(aiot_scope *s, aiot_task_fn fn, void *arg, const struct aiot_spawn_opts *opts,
                     aiot_task **ret)
@@ -75,7 +46,7 @@ int aiot_spawn_opts(aiot_scope *s, aiot_task_fn fn, void *arg, const struct aiot
                                 -EINVAL);
                 stack_size = opts->stack_size;
         }
-        r = spawn_into(s, fn, arg, stack_size, ret != NULL, &t);
+        r = aiot__task_spawn(s, fn, arg, stack_size, ret != NULL, &t);
         if (r < 0)
                 return r;
         if (ret)
@@ -93,7 +64,7 @@ int aiot_spawn(aiot_scope *s, aiot_task_fn fn, void *arg, aiot_task **ret)
 int aiot__scope_spawn_tagged(aiot_scope *s, aiot_task_fn fn, void *arg, size_t tag)
 {
         aiot_task *t;
-        int r = spawn_into(s, fn, arg, 0, 0, &t);
+        int r = aiot__task_spawn(s, fn, arg, 0, 0, &t);
 
         if (r == 0)
                 t->tag = tag;

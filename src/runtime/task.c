@@ -98,7 +98,7 @@ static inline int task_stack(aiot_loop *l, aiot_task *t, size_t stack_size)
         return aiot__stack_get(l->pool, stack_size, &t->stack_lo, &t->stack_size);
 }
 
-int aiot__task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_size, aiot_task **ret)
+AIOT_INLINE int task_create(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_size, aiot_task **ret)
 {
         aiot_task *t = task_alloc(l);
         int r;
@@ -148,14 +148,28 @@ int aiot__task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_si
         return 0;
 }
 
-int aiot__task_new(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, int want_handle,
-                   aiot_task **ret)
+int aiot__task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_size, aiot_task **ret)
 {
-        int r = aiot__task_new_raw(s->loop, fn, arg, stack_size, ret);
+        return task_create(l, fn, arg, stack_size, ret);
+}
 
-        if (r == 0)
-                (*ret)->has_handle = !!want_handle;
-        return r;
+/* Here rather than in scope.c, with task_create() inlined: aiot_spawn() is on
+ * the spawn + join fast path, and each call level costs there. */
+int aiot__task_spawn(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, int want_handle,
+                     aiot_task **ret)
+{
+        aiot_task *t;
+        int r = task_create(s->loop, fn, arg, stack_size, &t);
+
+        if (r < 0)
+                return r;
+        t->has_handle = !!want_handle;
+        scope_child_link(s, t);
+        s->live++;
+        if (s->cancelled)
+                aiot_cancel(t);
+        *ret = t;
+        return 0;
 }
 
 /* Releases a joined (or ended, unowned) task: out of its scope's list, freed. */

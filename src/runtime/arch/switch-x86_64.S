@@ -77,6 +77,34 @@ aiot__ctx_swap:
         .cfi_endproc
         .size   aiot__ctx_swap, .-aiot__ctx_swap
 
+/* aiot__ctx_jump(void *new_sp): resumes the context saved at new_sp and saves
+ * nothing, for the last switch away from a finished task.  The target's MXCSR
+ * and x87 control word are loaded without comparing first: comparing needs
+ * stmxcsr, which costs ~4.2 ns on the AMD EPYC the benchmarks run on (ldmxcsr
+ * ~0.4 ns, fldcw ~0.9 ns, back-to-back loops), and a finished task's own modes
+ * need not be kept.  Measured there: spawn + join ~41.5 -> ~38.5 ns.  (On CPUs
+ * where the loads are the dear part this trades the other way: measure there.) */
+        .globl  aiot__ctx_jump
+        .hidden aiot__ctx_jump
+        .type   aiot__ctx_jump, @function
+        .p2align 4
+aiot__ctx_jump:
+        .cfi_startproc
+        LANDING_PAD
+        movq    %rdi, %rsp
+        ldmxcsr (%rsp)
+        fldcw   4(%rsp)
+        addq    $8, %rsp
+        popq    %r15
+        popq    %r14
+        popq    %r13
+        popq    %r12
+        popq    %rbx
+        popq    %rbp
+        RESUME
+        .cfi_endproc
+        .size   aiot__ctx_jump, .-aiot__ctx_jump
+
 /* A new context's first return lands here, with rsp 16-byte aligned: call
  * entry(arg) from r13(r12).  The entry never returns (the task layer switches
  * away for the last time); ud2 traps if it does. */

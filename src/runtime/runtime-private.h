@@ -184,6 +184,8 @@ int aiot__poll_due_slow(aiot_loop *l);
 
 /* heap.c */
 void aiot__timer_arm_owned(aiot_loop *l, aiot__timer *tm, uint64_t at, aiot_task *owner);
+void aiot__heap_grow(aiot_loop *l);             /* for timer_arm_owned() below */
+void aiot__heap_fix(aiot_loop *l, size_t i);     /* entry i changed: moves up or down */
 void aiot__timers_drop_owned(aiot_loop *l, aiot_task *t); /* leaves the entries alone */
 void aiot__timers_fire(aiot_loop *l, uint64_t now);
 
@@ -319,6 +321,52 @@ AIOT_INLINE int wake_task(aiot_task *t, int rc)
         t->state = AIOT__T_READY;
         rq_push(t->pub.loop, t);
         return 1;
+}
+
+/* ---------------------------------------------------------------- timer heap */
+
+/* Arming, inline: aiot__sleep_until() (task.c) arms at every sleep, and before
+ * the runtime was split into files it had this inlined (heap.c has the rest). */
+static inline int ent_less(const struct heap_ent *a, const struct heap_ent *b)
+{
+        return a->at < b->at || (a->at == b->at && a->seq < b->seq);
+}
+
+static inline void heap_place(struct heap_ent *h, size_t i, struct heap_ent e)
+{
+        h[i] = e;
+        e.tm->idx = i;
+}
+
+static inline void heap_up(struct heap_ent *h, size_t i)
+{
+        struct heap_ent e = h[i];
+
+        while (i > 1 && ent_less(&e, &h[i / 2])) {
+                heap_place(h, i, h[i / 2]);
+                i /= 2;
+        }
+        heap_place(h, i, e);
+}
+
+AIOT_INLINE void timer_arm_owned(aiot_loop *l, aiot__timer *tm, uint64_t at, aiot_task *owner)
+{
+        tm->at = at;
+        tm->seq = ++l->heap_seq;
+        if (tm->idx) {
+                size_t i = tm->idx;
+
+                l->heap[i].at = at;
+                l->heap[i].seq = tm->seq;
+                aiot__heap_fix(l, i);
+                return;
+        }
+        if (l->heap_n == l->heap_cap)
+                aiot__heap_grow(l);
+        l->heap_n++;
+        l->heap[l->heap_n] = (struct heap_ent){ .at = at, .seq = tm->seq, .tm = tm, .owner = owner };
+        tm->idx = l->heap_n;
+        heap_up(l->heap, l->heap_n);
 }
 
 /* ---------------------------------------------------------------- switch */

@@ -412,7 +412,7 @@ int aiot__sleep_until(uint64_t at)
         aiot__timer_init(&s.tm, sleep_fire);
         /* Forever: nothing to arm (on a virtual clock the clock would jump to it). */
         if (at != AIOT__NEVER)
-                aiot__timer_arm(t->pub.loop, &s.tm, at);
+                timer_arm_owned(t->pub.loop, &s.tm, at, NULL);
         return park_intr(t->pub.loop, t, sleep_unpark, &s);
 }
 

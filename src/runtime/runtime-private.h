@@ -23,8 +23,11 @@
  * runnable) and expired entries of the timer heap fire.  Tasks are only ever
  * resumed by this code, never by user code.
  *
- * A finished task cannot give its stack back while it still runs on it: it leaves
- * it in loop->zombie_*, and whichever context runs next puts it into the pool.
+ * A finished task cannot give its stack back while it still runs on it.  When
+ * its struct is recycled at once, the stack stays with it (task.c); when a waiter
+ * will release it, the stack stays until then; otherwise (a handle nobody waits
+ * on yet, the root) it leaves the stack in loop->zombie_*, and whichever context
+ * runs next puts it into the pool.
  *
  * The switch path below is inlined (always_inline), like the park and wait paths
  * above it: after a switch every return address the CPU predicted belongs to the

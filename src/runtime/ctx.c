@@ -103,12 +103,14 @@ struct initial_frame {
         uint64_t ret;
 };
 
+/* Every field is written once (no memset first): this runs at every spawn. */
 static void fill_frame(struct initial_frame *f, aiot__ctx_entry entry, void *arg)
 {
-        memset(f, 0, sizeof(*f));
         /* A new context starts with the creator's FP modes (rounding, masks). */
         __asm__ volatile("stmxcsr %0" : "=m"(f->mxcsr));
         __asm__ volatile("fnstcw %0" : "=m"(f->x87cw));
+        f->pad = 0;
+        f->r15 = f->r14 = f->rbx = f->rbp = 0;
         f->r13 = (uintptr_t)entry;
         f->r12 = (uintptr_t)arg;
         f->ret = (uintptr_t)aiot__ctx_start;
@@ -152,14 +154,16 @@ void aiot__ctx_make(aiot__ctx *c, void *stack_lo, size_t size, aiot__ctx_entry e
         uintptr_t top = ((uintptr_t)stack_lo + size) & ~(uintptr_t)15;
         struct initial_frame *f = (struct initial_frame *)(top - sizeof(*f));
 
+#ifdef AIOT_CTX_ASAN
         memset(c, 0, sizeof(*c));
         c->entry = entry;
         c->arg = arg;
-#ifdef AIOT_CTX_ASAN
         c->stack_lo = stack_lo;
         c->stack_size = size;
         fill_frame(f, ctx_first, c);
 #else
+        /* The initial frame carries entry and arg: the trampoline calls the entry
+         * straight from it, and c->entry / c->arg are never read. */
         fill_frame(f, entry, arg);
 #endif
         c->sp = f;

@@ -36,7 +36,9 @@ typedef void (*aiot__ctx_entry)(void *arg);
 typedef struct aiot__ctx {
         /* The saved stack pointer (asm switch); must stay the first member. */
         void *sp;
-        /* What aiot__ctx_make() was given, for the first-entry trampolines. */
+        /* What aiot__ctx_make() was given, for ctx_first() (ucontext and ASan
+         * builds; the plain assembly build keeps both in the initial frame and
+         * leaves these unset). */
         aiot__ctx_entry entry;
         void *arg;
 #ifdef AIOT_CONTEXT_UCONTEXT
@@ -140,11 +142,13 @@ static inline __attribute__((always_inline)) void aiot__ctx_swap_inline(void **s
                            "st", "st(1)", "st(2)", "st(3)", "st(4)", "st(5)", "st(6)", "st(7)");
 }
 #define aiot__ctx_switch(from, to) aiot__ctx_swap_inline(&(from)->sp, (to)->sp)
-/* The last switch of a task goes through the call: it never returns, so there is
- * no `ret` to keep predicted, and inlined it made aiot_cancel_and_wait() of a
- * parked task ~45 ns slower (measured; the dead frame it pushes below the red
- * zone of a stack that is reused at once seems to be the cause). */
-#define aiot__ctx_switch_final(from, to) aiot__ctx_swap(&(from)->sp, (to)->sp)
+/* The last switch of a task saves nothing (see aiot__ctx_jump in the .S file):
+ * it never returns, so there is no `ret` to keep predicted.  Inlining the full
+ * switch there made aiot_cancel_and_wait() of a parked task ~45 ns slower
+ * (measured; the dead frame it pushed below the red zone of a stack that is
+ * reused at once seemed to be the cause); the jump pushes no frame at all. */
+void aiot__ctx_jump(void *new_sp);
+#define aiot__ctx_switch_final(from, to) ((void)(from), aiot__ctx_jump((to)->sp))
 #elif !defined(AIOT_CTX_ASAN)
 /* Without ASan there is nothing to do around the raw switch: make a task switch
  * one call. */

@@ -3,33 +3,12 @@
  * clock, ties in arming order (FIFO).  The scheduler (loop.c) fires what is due
  * and arms one ev_timer for the earliest entry.  Deadlines are owned by the task
  * whose stack holds them, so that a task ending with deadlines still active in
- * dead frames can drop them without reading them. */
+ * dead frames can drop them without reading them.  Arming is inline in
+ * runtime-private.h (timer_arm_owned()), for aiot__sleep_until(). */
 #include <stdlib.h>
 
 #include "aiotools/log.h"
 #include "runtime-private.h"
-
-static inline int ent_less(const struct heap_ent *a, const struct heap_ent *b)
-{
-        return a->at < b->at || (a->at == b->at && a->seq < b->seq);
-}
-
-static inline void heap_place(struct heap_ent *h, size_t i, struct heap_ent e)
-{
-        h[i] = e;
-        e.tm->idx = i;
-}
-
-static void heap_up(struct heap_ent *h, size_t i)
-{
-        struct heap_ent e = h[i];
-
-        while (i > 1 && ent_less(&e, &h[i / 2])) {
-                heap_place(h, i, h[i / 2]);
-                i /= 2;
-        }
-        heap_place(h, i, e);
-}
 
 static void heap_down(struct heap_ent *h, size_t n, size_t i)
 {
@@ -61,6 +40,11 @@ static inline void heap_fix(aiot_loop *l, size_t i)
                 heap_down(h, l->heap_n, i);
 }
 
+void aiot__heap_fix(aiot_loop *l, size_t i)
+{
+        heap_fix(l, i);
+}
+
 static void heap_remove(aiot_loop *l, size_t i)
 {
         struct heap_ent *h = l->heap;
@@ -77,7 +61,7 @@ static void heap_remove(aiot_loop *l, size_t i)
 
 /* Growing the heap is the only allocation here; when it fails the process is out
  * of memory in a way a sleep cannot report, so it aborts like libev does. */
-static void heap_grow(aiot_loop *l)
+void aiot__heap_grow(aiot_loop *l)
 {
         size_t cap = l->heap_cap ? l->heap_cap * 2 : 64;
         struct heap_ent *h = realloc(l->heap, (cap + 1) * sizeof(*h));
@@ -92,27 +76,12 @@ static void heap_grow(aiot_loop *l)
 
 void aiot__timer_arm_owned(aiot_loop *l, aiot__timer *tm, uint64_t at, aiot_task *owner)
 {
-        tm->at = at;
-        tm->seq = ++l->heap_seq;
-        if (tm->idx) {
-                size_t i = tm->idx;
-
-                l->heap[i].at = at;
-                l->heap[i].seq = tm->seq;
-                heap_fix(l, i);
-                return;
-        }
-        if (l->heap_n == l->heap_cap)
-                heap_grow(l);
-        l->heap_n++;
-        l->heap[l->heap_n] = (struct heap_ent){ .at = at, .seq = tm->seq, .tm = tm, .owner = owner };
-        tm->idx = l->heap_n;
-        heap_up(l->heap, l->heap_n);
+        timer_arm_owned(l, tm, at, owner);
 }
 
 void aiot__timer_arm(aiot_loop *l, aiot__timer *tm, uint64_t at)
 {
-        aiot__timer_arm_owned(l, tm, at, NULL);
+        timer_arm_owned(l, tm, at, NULL);
 }
 
 /* Drops every entry owned by t without touching the entries themselves (they

@@ -273,6 +273,8 @@ void aiot_loop_free(aiot_loop *l)
                 aiot_task *t = l->free_tasks;
 
                 l->free_tasks = t->rq_next;
+                if (t->stack_lo)
+                        aiot__stack_put(l->pool, t->stack_lo, t->stack_size);
                 free(t);
         }
         aiot__stack_pool_free(l->pool);

@@ -23,8 +23,11 @@
  * runnable) and expired entries of the timer heap fire.  Tasks are only ever
  * resumed by this code, never by user code.
  *
- * A finished task cannot give its stack back while it still runs on it: it leaves
- * it in loop->zombie_*, and whichever context runs next puts it into the pool.
+ * A finished task cannot give its stack back while it still runs on it.  When
+ * its struct is recycled at once, the stack stays with it (task.c); when a waiter
+ * will release it, the stack stays until then; otherwise (a handle nobody waits
+ * on yet, the root) it leaves the stack in loop->zombie_*, and whichever context
+ * runs next puts it into the pool.
  *
  * The switch path below is inlined (always_inline), like the park and wait paths
  * above it: after a switch every return address the CPU predicted belongs to the
@@ -33,6 +36,8 @@
 #ifndef AIOT_RUNTIME_PRIVATE_H
 #define AIOT_RUNTIME_PRIVATE_H
 
+#include <assert.h>
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -182,22 +187,24 @@ int aiot__poll_due_slow(aiot_loop *l);
 
 /* heap.c */
 void aiot__timer_arm_owned(aiot_loop *l, aiot__timer *tm, uint64_t at, aiot_task *owner);
+void aiot__heap_grow(aiot_loop *l);             /* for timer_arm_owned() below */
+void aiot__heap_fix(aiot_loop *l, size_t i);     /* entry i changed: moves up or down */
 void aiot__timers_drop_owned(aiot_loop *l, aiot_task *t); /* leaves the entries alone */
 void aiot__timers_fire(aiot_loop *l, uint64_t now);
 
 /* task.c */
 int aiot__task_new_raw(aiot_loop *l, aiot_task_fn fn, void *arg, size_t stack_size, aiot_task **ret);
-int aiot__task_new(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, int want_handle,
-                   aiot_task **ret);
+int aiot__task_spawn(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, int want_handle,
+                     aiot_task **ret); /* a member of s, live, cancelled at once when s is;
+                                          *ret set on success only */
 void aiot__task_free(aiot_task *t);
 void aiot__interrupt(aiot_task *t, int rc);  /* a cancellation or deadline reaches t */
 
 /* scope.c */
-int aiot__scope_child_done(aiot_task *t);        /* in the ending child (t->scope set),
-                                                    shielded: runs the error handler and
-                                                    hook (may block) and returns 1; with
-                                                    neither, ends t (below), returns 0 */
-void aiot__scope_child_ended(aiot_task *t);      /* after a 1, t cleaned up: no longer live */
+void aiot__scope_child_report(aiot_task *t);     /* in the ending child (t->scope set),
+                                                    shielded, when scope_child_reports(t):
+                                                    runs the error handler and the hook
+                                                    (may block) */
 void aiot__scope_cancel_hosted(aiot_task *t);    /* the host's cancellation was delivered */
 void aiot__scope_close_leftovers(aiot_task *t);  /* at task end: scopes left open */
 void aiot__scope_release_child(aiot_task *t);    /* unlink + free an ended child */
@@ -213,6 +220,57 @@ static inline int aiot__task_cancelled(const aiot_task *t)
 static inline int aiot__task_deadline_expired(const aiot_task *t)
 {
         return t->pub.n_expired != 0;
+}
+
+/* ---------------------------------------------------------------- scope membership */
+
+/* Inline, with the two below: every task's end runs them (task.c), and each call
+ * level out of task_finish() cost about a nanosecond of a spawn + join. */
+static inline void scope_child_link(aiot_scope *s, aiot_task *t)
+{
+        t->scope = s;
+        t->sc_prev = NULL;
+        t->sc_next = s->children;
+        if (s->children)
+                s->children->sc_prev = t;
+        s->children = t;
+}
+
+static inline void scope_child_unlink(aiot_task *t)
+{
+        aiot_scope *s = t->scope;
+
+        if (!s)
+                return;
+        if (t->sc_prev)
+                t->sc_prev->sc_next = t->sc_next;
+        else
+                s->children = t->sc_next;
+        if (t->sc_next)
+                t->sc_next->sc_prev = t->sc_prev;
+        t->scope = NULL;
+}
+
+/* Whether the end of t (its result set) has something to report to its scope:
+ * a failure for the error handler, or any end for a completion hook. */
+static inline int scope_child_reports(const aiot_task *t)
+{
+        int rc = t->result;
+
+        return (rc < 0 && rc != -ECANCELED) || t->scope->done_hook != NULL;
+}
+
+int aiot__wake(aiot_task *t, int rc);
+
+/* t ended and is cleaned up: it no longer counts as live in its scope, and a
+ * host closing the scope wakes when it was the last. */
+static inline void scope_child_ended(aiot_task *t)
+{
+        aiot_scope *s = t->scope;
+
+        assert(s->live > 0);
+        if (--s->live == 0 && s->closing)
+                aiot__wake(s->host, 0);
 }
 
 /* ---------------------------------------------------------------- run queue */
@@ -254,6 +312,64 @@ static inline int direct_ok(aiot_loop *l)
         if (AIOT_LIKELY(++l->since_poll < POLL_CHECK_EVERY))
                 return 1;
         return !aiot__poll_due_slow(l);
+}
+
+/* aiot__wake() (runtime.h), inline for the runtime's own hot paths. */
+AIOT_INLINE int wake_task(aiot_task *t, int rc)
+{
+        if (t->state != AIOT__T_PARKED)
+                return 0;
+        t->unpark = NULL;
+        t->wake_rc = rc;
+        t->state = AIOT__T_READY;
+        rq_push(t->pub.loop, t);
+        return 1;
+}
+
+/* ---------------------------------------------------------------- timer heap */
+
+/* Arming, inline: aiot__sleep_until() (task.c) arms at every sleep, and before
+ * the runtime was split into files it had this inlined (heap.c has the rest). */
+static inline int ent_less(const struct heap_ent *a, const struct heap_ent *b)
+{
+        return a->at < b->at || (a->at == b->at && a->seq < b->seq);
+}
+
+static inline void heap_place(struct heap_ent *h, size_t i, struct heap_ent e)
+{
+        h[i] = e;
+        e.tm->idx = i;
+}
+
+static inline void heap_up(struct heap_ent *h, size_t i)
+{
+        struct heap_ent e = h[i];
+
+        while (i > 1 && ent_less(&e, &h[i / 2])) {
+                heap_place(h, i, h[i / 2]);
+                i /= 2;
+        }
+        heap_place(h, i, e);
+}
+
+AIOT_INLINE void timer_arm_owned(aiot_loop *l, aiot__timer *tm, uint64_t at, aiot_task *owner)
+{
+        tm->at = at;
+        tm->seq = ++l->heap_seq;
+        if (tm->idx) {
+                size_t i = tm->idx;
+
+                l->heap[i].at = at;
+                l->heap[i].seq = tm->seq;
+                aiot__heap_fix(l, i);
+                return;
+        }
+        if (l->heap_n == l->heap_cap)
+                aiot__heap_grow(l);
+        l->heap_n++;
+        l->heap[l->heap_n] = (struct heap_ent){ .at = at, .seq = tm->seq, .tm = tm, .owner = owner };
+        tm->idx = l->heap_n;
+        heap_up(l->heap, l->heap_n);
 }
 
 /* ---------------------------------------------------------------- switch */

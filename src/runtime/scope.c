@@ -23,57 +23,13 @@
 
 /* ---------------------------------------------------------------- membership */
 
-static void child_link(aiot_scope *s, aiot_task *t)
-{
-        t->scope = s;
-        t->sc_prev = NULL;
-        t->sc_next = s->children;
-        if (s->children)
-                s->children->sc_prev = t;
-        s->children = t;
-}
-
-static void child_unlink(aiot_task *t)
-{
-        aiot_scope *s = t->scope;
-
-        if (!s)
-                return;
-        if (t->sc_prev)
-                t->sc_prev->sc_next = t->sc_next;
-        else
-                s->children = t->sc_next;
-        if (t->sc_next)
-                t->sc_next->sc_prev = t->sc_prev;
-        t->scope = NULL;
-}
-
 void aiot__scope_release_child(aiot_task *t)
 {
-        child_unlink(t);
+        scope_child_unlink(t);
         aiot__task_free(t);
 }
 
 /* ---------------------------------------------------------------- spawn */
-
-/* Creates a task in s: a member of the scope, live, and cancelled at once when
- * the scope already is.  *ret is only set on success.  Inlined: aiot_spawn() is
- * on the spawn / join fast path, and a call level here measurably costs. */
-static inline __attribute__((always_inline)) int spawn_into(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, int want_handle,
-                      aiot_task **ret)
-{
-        aiot_task *t;
-        int r = aiot__task_new(s, fn, arg, stack_size, want_handle, &t);
-
-        if (r < 0)
-                return r;
-        child_link(s, t);
-        s->live++;
-        if (s->cancelled)
-                aiot_cancel(t);
-        *ret = t;
-        return 0;
-}
 
 int aiot_spawn_opts(aiot_scope *s, aiot_task_fn fn, void *arg, const struct aiot_spawn_opts *opts,
                     aiot_task **ret)
@@ -90,7 +46,7 @@ int aiot_spawn_opts(aiot_scope *s, aiot_task_fn fn, void *arg, const struct aiot
                                 -EINVAL);
                 stack_size = opts->stack_size;
         }
-        r = spawn_into(s, fn, arg, stack_size, ret != NULL, &t);
+        r = aiot__task_spawn(s, fn, arg, stack_size, ret != NULL, &t);
         if (r < 0)
                 return r;
         if (ret)
@@ -108,7 +64,7 @@ int aiot_spawn(aiot_scope *s, aiot_task_fn fn, void *arg, aiot_task **ret)
 int aiot__scope_spawn_tagged(aiot_scope *s, aiot_task_fn fn, void *arg, size_t tag)
 {
         aiot_task *t;
-        int r = spawn_into(s, fn, arg, 0, 0, &t);
+        int r = aiot__task_spawn(s, fn, arg, 0, 0, &t);
 
         if (r == 0)
                 t->tag = tag;
@@ -162,15 +118,11 @@ static void default_on_error(aiot_task *t, int rc, void *userdata)
         aiot_log(AIOT_LOG_INFO, "task %p failed: %s (no error handler in its scope)", (void *)t, strerror(-rc));
 }
 
-int aiot__scope_child_done(aiot_task *t)
+void aiot__scope_child_report(aiot_task *t)
 {
         aiot_scope *s = t->scope;
         int rc = t->result;
 
-        if (!(rc < 0 && rc != -ECANCELED) && !s->done_hook) {
-                aiot__scope_child_ended(t);
-                return 0;
-        }
         if (rc < 0 && rc != -ECANCELED) {
                 if (s->fail_fast && !s->first_error) {
                         s->first_error = rc;
@@ -183,16 +135,6 @@ int aiot__scope_child_done(aiot_task *t)
         }
         if (s->done_hook)
                 s->done_hook(s, t);
-        return 1;
-}
-
-void aiot__scope_child_ended(aiot_task *t)
-{
-        aiot_scope *s = t->scope;
-
-        assert(s->live > 0);
-        if (--s->live == 0 && s->closing)
-                aiot__wake(s->host, 0);
 }
 
 /* ---------------------------------------------------------------- open / close */
@@ -257,7 +199,7 @@ int aiot_scope_close(aiot_scope *s)
         while (s->children) {
                 aiot_task *t = s->children;
 
-                child_unlink(t);
+                scope_child_unlink(t);
                 /* A task being waited for is freed by its last waiter. */
                 if (!t->n_waiting)
                         aiot__task_free(t);

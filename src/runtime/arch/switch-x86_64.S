@@ -77,6 +77,42 @@ aiot__ctx_swap:
         .cfi_endproc
         .size   aiot__ctx_swap, .-aiot__ctx_swap
 
+/* aiot__ctx_jump(void *new_sp): resumes the context saved at new_sp and saves
+ * nothing, for the last switch away from a finished task (whose own registers
+ * and FP modes need not be kept).  MXCSR is loaded without comparing first:
+ * comparing needs stmxcsr, which costs ~4.2 ns on the AMD EPYC the benchmarks
+ * run on (ldmxcsr ~0.4 ns; back-to-back loops): spawn + join ~41.5 -> ~38.5 ns
+ * there.  The x87 control word is still compared (fnstcw is cheap): loading it
+ * unconditionally made the end of a task whose successor's stack is cold ~20 %
+ * slower (1 000 000 parked tasks woken and ended: fldcw waits for the cold
+ * frame, and nothing after it runs meanwhile).  The red zone below the finished
+ * task's rsp is free scratch. */
+        .globl  aiot__ctx_jump
+        .hidden aiot__ctx_jump
+        .type   aiot__ctx_jump, @function
+        .p2align 4
+aiot__ctx_jump:
+        .cfi_startproc
+        LANDING_PAD
+        fnstcw  -8(%rsp)
+        movzwl  -8(%rsp), %ecx
+        movq    %rdi, %rsp
+        ldmxcsr (%rsp)
+        cmpw    4(%rsp), %cx
+        jne     3f
+1:      addq    $8, %rsp
+        popq    %r15
+        popq    %r14
+        popq    %r13
+        popq    %r12
+        popq    %rbx
+        popq    %rbp
+        RESUME
+3:      fldcw   4(%rsp)
+        jmp     1b
+        .cfi_endproc
+        .size   aiot__ctx_jump, .-aiot__ctx_jump
+
 /* A new context's first return lands here, with rsp 16-byte aligned: call
  * entry(arg) from r13(r12).  The entry never returns (the task layer switches
  * away for the last time); ud2 traps if it does. */

@@ -33,6 +33,7 @@ struct aiot_conn {
         bool drained;               /* the last read emptied the socket: wait before reading */
         bool eof;
         bool busy;                  /* a handler task runs for it */
+        bool has_state;             /* state_size > 0: aiot_conn_state() is NULL otherwise */
         max_align_t state[];        /* state_size bytes */
 };
 

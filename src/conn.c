@@ -34,6 +34,7 @@ int aiot__conn_new(struct aiot__serve *srv, int fd, size_t state_size, aiot_conn
                 return -ENOMEM;
         c->srv = srv;
         c->fd = fd;
+        c->has_state = state_size > 0;
         *ret = c;
         return 0;
 }
@@ -80,7 +81,7 @@ size_t aiot__conn_buffered(const aiot_conn *c)
 
 void *aiot_conn_state(aiot_conn *c)
 {
-        return c ? c->state : NULL;
+        return c && c->has_state ? c->state : NULL;
 }
 
 int aiot_conn_fd(const aiot_conn *c)

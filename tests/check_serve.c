@@ -482,6 +482,32 @@ START_TEST(test_conn_state_peer_and_stopping)
 }
 END_TEST
 
+/* Without state_size a connection has no state: aiot_conn_state() is NULL
+ * (it once pointed past the connection's allocation, and line_conn's count
+ * went there). */
+START_TEST(test_conn_without_state)
+{
+        struct server s;
+        int fd;
+
+        reset_opts();
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        send_str(fd, "a\n");
+        expect_line(fd, "a\n");
+        send_str(fd, "info\n");
+        expect_line(fd, "peer 127.0.0.1 lines 0 stopping 0\n");
+        close(fd);
+        kill(s.pid, SIGTERM);
+        {
+                int status;
+
+                ck_assert_int_eq(waitpid(s.pid, &status, 0), s.pid);
+                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+}
+END_TEST
+
 /* The server's log so far, NUL-terminated. */
 static void read_log(char *buf, size_t len)
 {
@@ -619,6 +645,7 @@ static Suite *serve_suite(void)
         tcase_add_test(tc, test_overlong_line_and_garbage);
         tcase_add_test(tc, test_emfile_pauses_and_recovers);
         tcase_add_test(tc, test_conn_state_peer_and_stopping);
+        tcase_add_test(tc, test_conn_without_state);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("aiotools-serve");

@@ -80,6 +80,32 @@ static int line_conn(aiot_conn *c, void *arg)
         return r < 0 ? r : AIOT_CONN_KEEP;
 }
 
+/* A framed protocol: one ASCII digit L, then L bytes; answered "L:bytes\n",
+ * flushed at once.  Exercises peek, consume, read_exact and flush. */
+static int framed_conn(aiot_conn *c, void *arg)
+{
+        const char *head;
+        char body[10], out[16];
+        size_t len, sent = 0;
+        ssize_t n = aiot_conn_peek(c, &head);
+        int r;
+
+        (void)arg;
+        if (n <= 0)
+                return (int)n;
+        if (head[0] < '1' || head[0] > '9')
+                return -EPROTO;
+        len = (size_t)(head[0] - '0');
+        aiot_conn_consume(c, 1);
+        r = aiot_conn_read_exact(c, body, len);
+        if (r < 0)
+                return r == -ENODATA ? 0 : r;
+        n = snprintf(out, sizeof(out), "%zu:%.*s\n", len, (int)len, body);
+        if ((r = aiot_conn_write(c, out, (size_t)n)) < 0 || (r = aiot_conn_flush(c, &sent)) < 0)
+                return r;
+        return sent == (size_t)n ? AIOT_CONN_KEEP : -EIO;
+}
+
 static struct aiot_serve_opts opts;
 
 static int serve_worker(aiot_worker *w)
@@ -150,7 +176,8 @@ static void server_start(struct server *s)
         snprintf(bind_addr, sizeof(bind_addr), "127.0.0.1:%d", s->port);
         binds[0] = bind_addr;
         opts.size = sizeof(opts);
-        opts.handler = line_conn;
+        if (!opts.handler)
+                opts.handler = line_conn;
         s->pid = fork();
         ck_assert_int_ge(s->pid, 0);
         if (s->pid == 0) {
@@ -482,6 +509,37 @@ START_TEST(test_conn_state_peer_and_stopping)
 }
 END_TEST
 
+/* Frames split and joined anyhow arrive whole and in order; a stream that
+ * ends inside a frame closes the connection. */
+START_TEST(test_framed_peek_exact_flush)
+{
+        struct server s;
+        int fd;
+
+        reset_opts();
+        opts.handler = framed_conn;
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        send_str(fd, "3abc5hello");
+        expect_line(fd, "3:abc\n5:hello\n");
+        send_str(fd, "4ab");
+        usleep(50000);
+        send_str(fd, "cd");
+        expect_line(fd, "4:abcd\n");
+        send_str(fd, "9xy");
+        ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
+        expect_eof(fd, 5000);
+        close(fd);
+        kill(s.pid, SIGTERM);
+        {
+                int status;
+
+                ck_assert_int_eq(waitpid(s.pid, &status, 0), s.pid);
+                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+}
+END_TEST
+
 /* Without state_size a connection has no state: aiot_conn_state() is NULL
  * (it once pointed past the connection's allocation, and line_conn's count
  * went there). */
@@ -646,6 +704,7 @@ static Suite *serve_suite(void)
         tcase_add_test(tc, test_emfile_pauses_and_recovers);
         tcase_add_test(tc, test_conn_state_peer_and_stopping);
         tcase_add_test(tc, test_conn_without_state);
+        tcase_add_test(tc, test_framed_peek_exact_flush);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("aiotools-serve");

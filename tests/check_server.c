@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1365,6 +1366,28 @@ START_TEST(test_notify_never_drained)
 }
 END_TEST
 
+/* Issue 10: the supervisor raises the soft fd limit to the hard one, and the
+ * workers inherit it. */
+START_TEST(test_nofile_raised)
+{
+        struct srv s;
+        const char *args[] = {"-w", "1", "--log-level=debug", "@MOD", "--", "@LOG", NULL};
+        struct rlimit rl;
+
+        ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        if (rl.rlim_max > 8192)
+                rl.rlim_max = 8192;
+        ck_assert_int_gt(rl.rlim_max, 256);
+        rl.rlim_cur = 256;
+        ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+        srv_start(&s, args);
+        srv_ready(&s);
+        ck_assert_int_eq(log_value(&s, "nofile", "w", 0), (int)rl.rlim_max);
+        ck_assert_msg(strstr(s.err, "RLIMIT_NOFILE raised from 256 to "), "stderr:\n%s", s.err);
+        srv_stop_clean(&s);
+}
+END_TEST
+
 /* SIGHUP: a new generation serves, the old one stops only after it; no
  * connection is refused meanwhile. */
 START_TEST(test_reload_generations)
@@ -1670,6 +1693,7 @@ static Suite *server_suite(void)
         tcase_add_test(life, test_sigint);
         tcase_add_test(life, test_custom_stop_signal);
         tcase_add_test(life, test_no_pidfd_option);
+        tcase_add_test(life, test_nofile_raised);
         tcase_add_test(fail, test_setup_failure);
         tcase_add_test(fail, test_main_setup_failure);
         tcase_add_test(fail, test_stop_during_startup);

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <aiotools.h>
@@ -265,6 +266,12 @@ static int test_worker(aiot_worker *w)
         }
         event(&o, "uid", w, (int)getuid());
         event(&o, "gen", w, aiot_worker_generation(w));
+        {
+                struct rlimit rl;
+
+                getrlimit(RLIMIT_NOFILE, &rl);
+                event(&o, "nofile", w, rl.rlim_cur > INT32_MAX ? INT32_MAX : (int)rl.rlim_cur);
+        }
         for (size_t i = 0; i < n && o.log; i++) {
                 char line[256];
                 int fd = open(o.log, O_WRONLY | O_APPEND | O_CLOEXEC);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -394,6 +395,27 @@ static int new_loop(struct server *srv)
         return r;
 }
 
+/* A server holds a socket per connection: the soft fd limit (1024 by default)
+ * goes up to the hard one, as systemd advises for programs that do not use
+ * select(2).  Every process forked from here inherits it. */
+static void raise_nofile(void)
+{
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                return;
+        if (rl.rlim_cur < rl.rlim_max) {
+                rlim_t was = rl.rlim_cur;
+
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+                        aiot_log(AIOT_LOG_DEBUG, "RLIMIT_NOFILE raised from %llu to %llu",
+                                 (unsigned long long)was, (unsigned long long)rl.rlim_cur);
+                return;
+        }
+        aiot_log(AIOT_LOG_DEBUG, "RLIMIT_NOFILE is %llu", (unsigned long long)rl.rlim_cur);
+}
+
 int aiot_server_run(const struct aiot_server_config *cfg)
 {
         struct server *srv;
@@ -428,6 +450,7 @@ int aiot_server_run(const struct aiot_server_config *cfg)
         srv->main.argv = srv->argv;
         if (cfg->no_pidfd)
                 aiot__fork_force_sigchld(1);
+        raise_nofile();
         if (srv->proc_title) {
                 char title[128];
 

@@ -17,7 +17,7 @@
 enum opt_id {
         OPT_WORKERS, OPT_BIND, OPT_REUSEPORT, OPT_STOP_TIMEOUT, OPT_STOP_SIGNALS, OPT_USER, OPT_GROUP,
         OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_WORKER_TIMEOUT, OPT_LOG_LEVEL,
-        OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_CHECK, OPT_HELP, OPT_VERSION,
+        OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_CHECK, OPT_HELP, OPT_VERSION,
 };
 
 struct opt {
@@ -44,6 +44,7 @@ static const struct opt opts[] = {
         { "idle-timeout", 0, 1, OPT_IDLE_TIMEOUT },
         { "request-timeout", 0, 1, OPT_REQUEST_TIMEOUT },
         { "drain-timeout", 0, 1, OPT_DRAIN_TIMEOUT },
+        { "write-timeout", 0, 1, OPT_WRITE_TIMEOUT },
         { "check", 0, 0, OPT_CHECK },
         { "help", 'h', 0, OPT_HELP },
         { "version", 'V', 0, OPT_VERSION },
@@ -190,6 +191,25 @@ bad:
         return fail(err, errlen, "invalid --restart-limit '%s': expected N/SECONDS, e.g. 5/10", s);
 }
 
+/* The serving layer's timeout an option sets, and its name for messages. */
+static double *timeout_field(struct cli_config *cfg, int id, const char **what)
+{
+        switch (id) {
+        case OPT_IDLE_TIMEOUT:
+                *what = "idle";
+                return &cfg->idle_timeout;
+        case OPT_REQUEST_TIMEOUT:
+                *what = "request";
+                return &cfg->request_timeout;
+        case OPT_DRAIN_TIMEOUT:
+                *what = "drain";
+                return &cfg->drain_timeout;
+        default:
+                *what = "write";
+                return &cfg->write_timeout;
+        }
+}
+
 static int apply(const struct opt *o, const char *display, const char *val, struct cli_config *cfg, char *err,
                  size_t errlen)
 {
@@ -249,13 +269,16 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
         case OPT_IDLE_TIMEOUT:
         case OPT_REQUEST_TIMEOUT:
         case OPT_DRAIN_TIMEOUT:
+        case OPT_WRITE_TIMEOUT: {
+                const char *what;
+                double *field = timeout_field(cfg, o->id, &what);
+
                 if (parse_seconds(val, 86400.0, &d) < 0)
                         return fail(err, errlen, "invalid %s timeout '%s' for %s: expected seconds, 0 to 86400",
-                                    o->id == OPT_IDLE_TIMEOUT ? "idle" : o->id == OPT_REQUEST_TIMEOUT ? "request" : "drain",
-                                    val, display);
-                *(o->id == OPT_IDLE_TIMEOUT ? &cfg->idle_timeout
-                  : o->id == OPT_REQUEST_TIMEOUT ? &cfg->request_timeout : &cfg->drain_timeout) = d;
+                                    what, val, display);
+                *field = d;
                 return 0;
+        }
         case OPT_LOG_LEVEL:
                 if (aiot_log_parse_level(val, &level) < 0)
                         return fail(err, errlen,
@@ -361,7 +384,7 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
         cfg->restart_limit = 5;
         cfg->restart_window = 10.0;
         cfg->log_level = -1;
-        cfg->idle_timeout = cfg->request_timeout = cfg->drain_timeout = -1;
+        cfg->idle_timeout = cfg->request_timeout = cfg->drain_timeout = cfg->write_timeout = -1;
 
         /* Options may come before or after MODULE, as GNU getopt allows; "--" ends them. */
         for (i = 1; i < argc; i++) {

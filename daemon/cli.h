@@ -30,6 +30,7 @@ struct cli_config {
         double idle_timeout;            /* seconds; -1: not given; 0: none */
         double request_timeout;         /* seconds; -1: not given; 0: none */
         double drain_timeout;           /* seconds; -1: not given; 0: cancel at once */
+        double write_timeout;           /* seconds; -1: not given; 0: none */
         int check, help, version;
         const char *module;             /* NULL only with help or version */
         int module_argc;                /* the module's own arguments, after "--" */

@@ -38,6 +38,7 @@ static const char usage_text[] =
         "      --idle-timeout=S     close a connection idle this long (default 60; 0: never)\n"
         "      --request-timeout=S  bound a handler run from its first byte (default 60; 0: none)\n"
         "      --drain-timeout=S    at a stop, let connections finish this long (default 10)\n"
+        "      --write-timeout=S    cut off a peer that does not read for this long (default 60; 0: never)\n"
         "      --check              load and validate MODULE (and the addresses), then exit\n"
         "  -h, --help               show this help and exit\n"
         "  -V, --version            show the version and exit\n"
@@ -223,6 +224,8 @@ static void set_serve_opts(const struct cli_config *cli)
                 serve_opts.request_timeout = cli->request_timeout > 0 ? cli->request_timeout : -1;
         if (cli->drain_timeout >= 0)
                 serve_opts.drain_timeout = cli->drain_timeout > 0 ? cli->drain_timeout : 1e-9;
+        if (cli->write_timeout >= 0)
+                serve_opts.write_timeout = cli->write_timeout > 0 ? cli->write_timeout : -1;
 }
 
 /* --check also parses the addresses, without binding. */

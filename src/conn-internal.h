@@ -43,5 +43,6 @@ void aiot__conn_free(aiot_conn *c);            /* closes the fd too */
 void aiot__conn_shrink(aiot_conn *c);          /* frees empty buffers: before keeping it */
 size_t aiot__conn_buffered(const aiot_conn *c);
 aiot_worker *aiot__serve_worker(const struct aiot__serve *srv); /* serve.c */
+double aiot__serve_write_timeout(const struct aiot__serve *srv); /* serve.c; INFINITY: none */
 
 #endif

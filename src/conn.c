@@ -13,6 +13,8 @@
  * output is flushed before any read: a peer that waits for our answer before
  * it sends more would otherwise wait forever. */
 #include <errno.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -102,10 +104,15 @@ aiot_worker *aiot_conn_worker(const aiot_conn *c)
 
 /* ---------------------------------------------------------------- writing */
 
-/* Sends the n iovecs completely, parking while the socket is full. */
+/* Sends the n iovecs completely, parking while the socket is full.  The write
+ * timeout starts the first time the socket is full, so a peer that reads costs
+ * no timer at all. */
 static int send_all(aiot_conn *c, struct iovec *iov, int n, size_t *sent)
 {
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        double limit = aiot__serve_write_timeout(c->srv);
+        aiot_deadline d;
+        bool armed = false;
         int r = aiot_checkpoint();
 
         *sent = 0;
@@ -115,8 +122,12 @@ static int send_all(aiot_conn *c, struct iovec *iov, int n, size_t *sent)
                 if (k < 0) {
                         if (errno == EINTR)
                                 continue;
-                        if (errno != EAGAIN)
-                                return -errno;
+                        if (errno != EAGAIN) {
+                                r = -errno;
+                                break;
+                        }
+                        if (!armed && isfinite(limit))
+                                armed = aiot_deadline_begin(&d, limit) == 0;
                         r = aiot_wait_fd(c->fd, AIOT_WRITE);
                         if (r > 0)
                                 r = 0;
@@ -133,6 +144,8 @@ static int send_all(aiot_conn *c, struct iovec *iov, int n, size_t *sent)
                         mh.msg_iov->iov_len -= (size_t)k;
                 }
         }
+        if (armed)
+                (void)aiot_deadline_end(&d);
         return r;
 }
 

@@ -115,14 +115,17 @@ START_TEST(test_serve_options)
                 {"--request-timeout=1e9", "invalid request timeout '1e9' for --request-timeout"},
                 {"--drain-timeout=", "invalid drain timeout '' for --drain-timeout"},
                 {"--drain-timeout=two", "invalid drain timeout 'two' for --drain-timeout"},
+                {"--write-timeout=-0.5", "invalid write timeout '-0.5' for --write-timeout"},
         };
 
         ck_assert_int_eq(parse("mod.so", NULL), 0);
         ck_assert_int_eq(cfg.max_connections, 0);
-        ck_assert(cfg.idle_timeout == -1 && cfg.request_timeout == -1 && cfg.drain_timeout == -1);
+        ck_assert(cfg.idle_timeout == -1 && cfg.request_timeout == -1 && cfg.drain_timeout == -1 &&
+                  cfg.write_timeout == -1);
         ck_assert_int_eq(parse("--max-connections=500", "--idle-timeout=5", "--request-timeout", "0.5",
-                               "--drain-timeout=0", "mod.so", NULL),
+                               "--drain-timeout=0", "--write-timeout=2.5", "mod.so", NULL),
                          0);
+        ck_assert_double_eq(cfg.write_timeout, 2.5);
         ck_assert_int_eq(cfg.max_connections, 500);
         ck_assert_double_eq(cfg.idle_timeout, 5.0);
         ck_assert_double_eq(cfg.request_timeout, 0.5);

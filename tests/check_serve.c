@@ -59,6 +59,23 @@ static int conn_info(aiot_conn *c)
         return r < 0 ? r : AIOT_CONN_KEEP;
 }
 
+/* "flood": 64 MiB, more than any socket buffer holds, for a peer that does
+ * not read.  Returns the write's error (the write timeout's -ETIMEDOUT). */
+#define FLOOD_CHUNK 65536
+#define FLOOD_CHUNKS 1024
+static int flood(aiot_conn *c)
+{
+        static char chunk[FLOOD_CHUNK];
+        int r = 0;
+
+        memset(chunk, 'z', sizeof(chunk));
+        for (int i = 0; i < FLOOD_CHUNKS && r == 0; i++)
+                r = aiot_conn_write(c, chunk, sizeof(chunk));
+        if (r == 0)
+                r = aiot_conn_flush(c, NULL);
+        return r < 0 ? r : AIOT_CONN_KEEP;
+}
+
 static int line_conn(aiot_conn *c, void *arg)
 {
         const char *line;
@@ -76,6 +93,8 @@ static int line_conn(aiot_conn *c, void *arg)
                 ++*(unsigned *)aiot_conn_state(c);
         if (n == 5 && !memcmp(line, "info\n", 5))
                 return conn_info(c);
+        if (n == 6 && !memcmp(line, "flood\n", 6))
+                return flood(c);
         r = aiot_conn_write(c, line, (size_t)n);
         return r < 0 ? r : AIOT_CONN_KEEP;
 }
@@ -512,6 +531,43 @@ START_TEST(test_conn_state_peer_and_stopping)
 }
 END_TEST
 
+/* A peer that stops reading is cut off by the write timeout: after it, the
+ * connection ends with less than the 64 MiB sent. */
+START_TEST(test_write_timeout_cuts_off_a_peer_that_does_not_read)
+{
+        static char buf[1 << 16];
+        struct server s;
+        size_t total = 0;
+        double t0;
+        int fd;
+
+        reset_opts();
+        opts.write_timeout = 0.3;
+        opts.request_timeout = 30;
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        send_str(fd, "flood\n");
+        usleep(1500000); /* not reading, five times the write timeout */
+        t0 = now();
+        for (;;) {
+                ssize_t r;
+
+                ck_assert_msg(readable(fd, 5000), "no EOF: the server still writes after %zu bytes", total);
+                r = read(fd, buf, sizeof(buf));
+                if (r == 0)
+                        break;
+                if (r < 0 && errno == ECONNRESET)
+                        break;
+                ck_assert_int_gt(r, 0);
+                total += (size_t)r;
+        }
+        ck_assert_msg(total < (size_t)FLOOD_CHUNK * FLOOD_CHUNKS, "got all %zu bytes", total);
+        ck_assert_double_lt(now() - t0, 10.0);
+        close(fd);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
 /* Frames split and joined anyhow arrive whole and in order; a stream that
  * ends inside a frame closes the connection. */
 START_TEST(test_framed_peek_exact_flush)
@@ -708,6 +764,7 @@ static Suite *serve_suite(void)
         tcase_add_test(tc, test_conn_state_peer_and_stopping);
         tcase_add_test(tc, test_conn_without_state);
         tcase_add_test(tc, test_framed_peek_exact_flush);
+        tcase_add_test(tc, test_write_timeout_cuts_off_a_peer_that_does_not_read);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("aiotools-serve");

@@ -60,6 +60,9 @@ struct aiot_serve_opts {
         int server_first;       /* the handler first runs at accept, not at the first byte
                                    (protocols where the server speaks first); the request
                                    timeout then counts from the accept */
+        double write_timeout;   /* a write may wait this long for a peer that does not
+                                   read (from the first time the socket is full; then
+                                   -ETIMEDOUT); 0: 60 s */
 };
 
 /* The standard worker body: one acceptor task per listener of w, a connection

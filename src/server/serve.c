@@ -41,6 +41,7 @@
 #define DEFAULT_IDLE_TIMEOUT 60.0
 #define DEFAULT_REQUEST_TIMEOUT 60.0
 #define DEFAULT_DRAIN_TIMEOUT 10.0
+#define DEFAULT_WRITE_TIMEOUT 60.0
 #define FD_PAUSE 0.1          /* accepting pauses this long on EMFILE / ENFILE ... */
 #define FD_LOG_INTERVAL 10.0  /* ... and says so at most this often */
 
@@ -67,6 +68,11 @@ struct acceptor {
 aiot_worker *aiot__serve_worker(const struct aiot__serve *srv)
 {
         return srv->w;
+}
+
+double aiot__serve_write_timeout(const struct aiot__serve *srv)
+{
+        return srv->o.write_timeout;
 }
 
 /* ---------------------------------------------------------------- the idle list */
@@ -321,6 +327,9 @@ static int opts_resolve(const struct aiot_serve_opts *in, struct aiot__serve *sr
         srv->o.idle_timeout = timeout_or(in->idle_timeout, DEFAULT_IDLE_TIMEOUT);
         srv->o.request_timeout = timeout_or(in->request_timeout, DEFAULT_REQUEST_TIMEOUT);
         srv->o.drain_timeout = timeout_or(in->drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        /* Read from the copy: an older caller's struct ends before it (zero). */
+        aiot__return_if(isnan(srv->o.write_timeout), -EINVAL);
+        srv->o.write_timeout = timeout_or(srv->o.write_timeout, DEFAULT_WRITE_TIMEOUT);
         srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size};
         return 0;
 }

@@ -589,13 +589,7 @@ START_TEST(test_framed_peek_exact_flush)
         ck_assert_int_eq(shutdown(fd, SHUT_WR), 0);
         expect_eof(fd, 5000);
         close(fd);
-        kill(s.pid, SIGTERM);
-        {
-                int status;
-
-                ck_assert_int_eq(waitpid(s.pid, &status, 0), s.pid);
-                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        }
+        ck_assert_int_eq(server_stop(&s), 0);
 }
 END_TEST
 
@@ -615,13 +609,7 @@ START_TEST(test_conn_without_state)
         send_str(fd, "info\n");
         expect_line(fd, "peer 127.0.0.1 lines 0 stopping 0\n");
         close(fd);
-        kill(s.pid, SIGTERM);
-        {
-                int status;
-
-                ck_assert_int_eq(waitpid(s.pid, &status, 0), s.pid);
-                ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        }
+        ck_assert_int_eq(server_stop(&s), 0);
 }
 END_TEST
 

@@ -22,12 +22,15 @@ ulimit -c 0 # the aborted worker of part 3 must not leave a core file
 
 # msgs FILE: the notify messages in FILE, one line each:
 # "T PID FIELD=VALUE;FIELD=VALUE..." (the fields in the datagram's order).
+# The listener and the server write one file, so a server line can land right
+# behind a message, before its newline: parse the object and ignore the rest.
 msgs() {
         python3 - "$1" <<'EOF'
 import json, sys
+dec = json.JSONDecoder()
 for line in open(sys.argv[1], errors="replace"):
     if line.startswith('{"t"'):
-        m = json.loads(line)
+        m, _ = dec.raw_decode(line)
         print("%.6f %s %s" % (m["t"], m["pid"], ";".join("%s=%s" % kv for kv in m["fields"].items())))
 EOF
 }

@@ -9,6 +9,7 @@
 #   2 fork     src/fork.c, fork-internal.h     aiotools/fork.h
 #   3 runtime  src/runtime/                    aiotools/task.h, aiotools/scope.h
 #   4 io       src/io.c                        aiotools/io.h
+#              src/blocking.c, src/resolve.c   aiotools/blocking.h
 #   5 timer    src/timer.c                     aiotools/timer.h
 #   6 sd       src/sd.c, sd-internal.h         aiotools/sd.h
 #   7 listen   src/listen.c                    aiotools/listen.h
@@ -42,6 +43,7 @@ layer_of() {
         src/fork.c | src/fork-internal.h | include/aiotools/fork.h) echo 2 ;;
         src/runtime/* | include/aiotools/task.h | include/aiotools/scope.h) echo 3 ;;
         src/io.c | include/aiotools/io.h) echo 4 ;;
+        src/blocking.c | src/resolve.c | include/aiotools/blocking.h) echo 4 ;;
         src/timer.c | include/aiotools/timer.h) echo 5 ;;
         src/sd.c | src/sd-internal.h | include/aiotools/sd.h) echo 6 ;;
         src/listen.c | include/aiotools/listen.h) echo 7 ;;

@@ -41,6 +41,7 @@ struct aiot_loop_opts {
         size_t size;          /* sizeof(struct aiot_loop_opts), so the struct can grow */
         size_t stack_size;    /* usable bytes per task stack; 0: 256 KiB */
         int virtual_clock;    /* nonzero: the clock jumps to the next deadline when idle */
+        size_t blocking_threads; /* threads of the blocking pool (aiot_run_blocking(3)); 0: 4 */
 };
 
 /* Creates a loop with its own libev loop (ev_loop_new()).  opts may be NULL.

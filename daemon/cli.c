@@ -17,7 +17,7 @@
 enum opt_id {
         OPT_WORKERS, OPT_BIND, OPT_REUSEPORT, OPT_STOP_TIMEOUT, OPT_STOP_SIGNALS, OPT_USER, OPT_GROUP,
         OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_WORKER_TIMEOUT, OPT_LOG_LEVEL,
-        OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_CHECK, OPT_HELP, OPT_VERSION,
+        OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_BLOCKING_THREADS, OPT_CHECK, OPT_HELP, OPT_VERSION,
 };
 
 struct opt {
@@ -41,6 +41,7 @@ static const struct opt opts[] = {
         { "worker-timeout", 0, 1, OPT_WORKER_TIMEOUT },
         { "log-level", 0, 1, OPT_LOG_LEVEL },
         { "max-connections", 0, 1, OPT_MAX_CONNECTIONS },
+        { "blocking-threads", 0, 1, OPT_BLOCKING_THREADS },
         { "idle-timeout", 0, 1, OPT_IDLE_TIMEOUT },
         { "request-timeout", 0, 1, OPT_REQUEST_TIMEOUT },
         { "drain-timeout", 0, 1, OPT_DRAIN_TIMEOUT },
@@ -265,6 +266,12 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
                         return fail(err, errlen, "invalid connection limit '%s' for %s: expected 1 to %d", val,
                                     display, CLI_MAX_CONNECTIONS);
                 cfg->max_connections = n;
+                return 0;
+        case OPT_BLOCKING_THREADS:
+                if (parse_int(val, 1, CLI_MAX_BLOCKING_THREADS, &n) < 0)
+                        return fail(err, errlen, "invalid thread count '%s' for %s: expected 1 to %d", val,
+                                    display, CLI_MAX_BLOCKING_THREADS);
+                cfg->blocking_threads = (int)n;
                 return 0;
         case OPT_IDLE_TIMEOUT:
         case OPT_REQUEST_TIMEOUT:

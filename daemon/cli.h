@@ -10,6 +10,7 @@
 #define CLI_MAX_BINDS 64
 #define CLI_MAX_SIGNALS 8
 #define CLI_MAX_CONNECTIONS 10000000
+#define CLI_MAX_BLOCKING_THREADS 1024 /* aiot_loop_new()'s limit */
 
 struct cli_config {
         int workers;                    /* 0: online CPUs */
@@ -27,6 +28,7 @@ struct cli_config {
         int log_level;                  /* -1: not given */
         /* The serving layer's limits, for modules with a connection handler: */
         long max_connections;           /* 0: not given */
+        int blocking_threads;           /* per worker; 0: not given */
         double idle_timeout;            /* seconds; -1: not given; 0: none */
         double request_timeout;         /* seconds; -1: not given; 0: none */
         double drain_timeout;           /* seconds; -1: not given; 0: cancel at once */

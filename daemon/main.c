@@ -35,6 +35,7 @@ static const char usage_text[] =
         "      --log-level=LEVEL    err, warning, notice, info (default) or debug\n"
         "      --max-connections=N  per worker, for a module with a connection handler\n"
         "                           (default 10000)\n"
+        "      --blocking-threads=N threads per worker for blocking calls (default 4)\n"
         "      --idle-timeout=S     close a connection idle this long (default 60; 0: never)\n"
         "      --request-timeout=S  bound a handler run from its first byte (default 60; 0: none)\n"
         "      --drain-timeout=S    at a stop, let connections finish this long (default 10)\n"
@@ -309,6 +310,7 @@ static int serve(int argc, char **argv)
         cfg.pidfile = cli.pidfile;
         cfg.no_pidfd = cli.no_pidfd;
         cfg.worker_timeout = cli.worker_timeout > 0 ? cli.worker_timeout : -1;
+        cfg.blocking_threads = cli.blocking_threads;
         /* Every string in cfg points into the copy of argv. */
         cfg.proc_title = "aiotools-serve";
         aiot_log(AIOT_LOG_DEBUG, "module '%s' loaded from %s", m->name ? m->name : "?", cli.module);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -850,6 +851,116 @@ START_TEST(test_files)
 }
 END_TEST
 
+/* ------------------------------------------------------------ the example through aiotools-serve */
+
+static const char *builddir(void)
+{
+        const char *b = getenv("top_builddir");
+
+        return b ? b : ".";
+}
+
+static int connect_port(unsigned port)
+{
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        ck_assert_int_ge(fd, 0);
+        if (connect(fd, (void *)&sa, sizeof(sa)) == 0)
+                return fd;
+        close(fd);
+        return -1;
+}
+
+/* Sends line and reads one answer line into buf. */
+static void ask(int fd, const char *line, char *buf, size_t len)
+{
+        size_t n = 0;
+
+        ck_assert_int_eq(write(fd, line, strlen(line)), (ssize_t)strlen(line));
+        while (n + 1 < len) {
+                ssize_t k = read(fd, buf + n, 1);
+
+                ck_assert_int_eq(k, 1);
+                if (buf[n++] == '\n')
+                        break;
+        }
+        buf[n] = '\0';
+}
+
+/* The example module answers "ping" while hashes keep every pool thread busy,
+ * and --blocking-threads reaches the worker's loop. */
+START_TEST(test_example_serves_while_hashing)
+{
+        char serve[512], module[512], bind[64], buf[128];
+        unsigned port = closed_port(AF_INET);
+        int hashers[3], fd = -1, status;
+        double t0 = mono(), ping, hash;
+        pid_t pid;
+
+        snprintf(serve, sizeof(serve), "%s/daemon/.libs/aiotools-serve", builddir());
+        if (access(serve, X_OK) != 0)
+                snprintf(serve, sizeof(serve), "%s/daemon/aiotools-serve", builddir());
+        snprintf(module, sizeof(module), "%s/examples/.libs/blocking-hash.so", builddir());
+        snprintf(bind, sizeof(bind), "127.0.0.1:%u", port);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                execl(serve, serve, "-w", "1", "-b", bind, "--blocking-threads=3", "--log-level=warning", module,
+                      (char *)NULL);
+                _exit(127);
+        }
+        while ((fd = connect_port(port)) < 0) {
+                ck_assert_msg(mono() - t0 < 10, "aiotools-serve did not start listening");
+                sleep_ms(10);
+        }
+        ask(fd, "threads\n", buf, sizeof(buf));
+        ck_assert_str_eq(buf, "3\n");
+        t0 = mono();
+        ask(fd, "hash x\n", buf, sizeof(buf));
+        hash = mono() - t0;
+        ck_assert_uint_eq(strlen(buf), 17);
+        /* Hashes on every thread, one of them long (~40 hashes): the loop
+         * answers pings while it runs. */
+        for (int i = 0; i < 3; i++) {
+                const char *cmd = i ? "hash y\n" : "stretch 40 y\n";
+
+                hashers[i] = connect_port(port);
+                ck_assert_int_ge(hashers[i], 0);
+                ck_assert_int_eq(write(hashers[i], cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+        }
+        sleep_ms(hash * 1e3 * 3);
+        t0 = mono();
+        ask(fd, "ping\n", buf, sizeof(buf));
+        ping = mono() - t0;
+        ck_assert_str_eq(buf, "pong\n");
+        /* The long hash has not answered yet: the ping did not wait for it. */
+        {
+                struct timeval tv = { 0, 0 };
+                fd_set rs;
+
+                FD_ZERO(&rs);
+                FD_SET(hashers[0], &rs);
+                ck_assert_int_eq(select(hashers[0] + 1, &rs, NULL, NULL, &tv), 0);
+        }
+        for (int i = 0; i < 3; i++) {
+                ask(hashers[i], "", buf, sizeof(buf));
+                ck_assert_uint_eq(strlen(buf), 17);
+                close(hashers[i]);
+        }
+        ask(fd, "file /proc/self/status\n", buf, sizeof(buf));
+        ck_assert_msg(strchr(buf, ' ') && atoi(buf) > 0, "%s", buf);
+        ask(fd, "file /nonexistent\n", buf, sizeof(buf));
+        ck_assert_ptr_nonnull(strstr(buf, "error: /nonexistent: "));
+        close(fd);
+        kill(pid, SIGTERM);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        ck_assert_msg(ping < hash * 10, "ping %.1f ms, one hash %.1f ms", ping * 1e3, hash * 1e3);
+}
+END_TEST
+
 int main(void)
 {
         Suite *s = suite_create("blocking");
@@ -873,6 +984,7 @@ int main(void)
         tcase_add_test(tc, test_connect_host_localhost_and_refused);
         tcase_add_test(tc, test_happy_eyeballs_order_and_delay);
         tcase_add_test(tc, test_files);
+        tcase_add_test(tc, test_example_serves_while_hashing);
         suite_add_tcase(s, tc);
         return testutil_run(s);
 }

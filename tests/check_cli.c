@@ -138,6 +138,24 @@ START_TEST(test_serve_options)
 }
 END_TEST
 
+/* --blocking-threads: absent, given, and bad values named. */
+START_TEST(test_blocking_threads)
+{
+        ck_assert_int_eq(parse("mod.so", NULL), 0);
+        ck_assert_int_eq(cfg.blocking_threads, 0);
+        ck_assert_int_eq(parse("--blocking-threads=16", "mod.so", NULL), 0);
+        ck_assert_int_eq(cfg.blocking_threads, 16);
+        ck_assert_int_eq(parse("--blocking-threads", "2", "mod.so", NULL), 0);
+        ck_assert_int_eq(cfg.blocking_threads, 2);
+        ck_assert_int_eq(parse("--blocking-threads=0", "m.so", NULL), -EINVAL);
+        ck_assert_msg(strstr(err, "invalid thread count '0' for --blocking-threads: expected 1 to 1024"), "%s", err);
+        ck_assert_int_eq(parse("--blocking-threads=1025", "m.so", NULL), -EINVAL);
+        ck_assert_msg(strstr(err, "invalid thread count '1025'"), "%s", err);
+        ck_assert_int_eq(parse("--blocking-threads=x", "m.so", NULL), -EINVAL);
+        ck_assert_msg(strstr(err, "invalid thread count 'x'") && !strchr(err, '\n'), "%s", err);
+}
+END_TEST
+
 /* Every bad input: -EINVAL and one line naming the bad value. */
 static const struct {
         const char *args[4];
@@ -225,6 +243,7 @@ static Suite *cli_suite(void)
         tcase_add_test(tc, test_short_options);
         tcase_add_loop_test(tc, test_bad_input, 0, (int)(sizeof(bad) / sizeof(bad[0])));
         tcase_add_test(tc, test_serve_options);
+        tcase_add_test(tc, test_blocking_threads);
         tcase_add_test(tc, test_signal_names);
         tcase_add_test(tc, test_small_err_buffer);
         suite_add_tcase(s, tc);

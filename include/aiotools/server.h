@@ -147,6 +147,8 @@ struct aiot_server_config {
         const char *proc_title;         /* "NAME": show "NAME: supervisor", "NAME: worker N" in ps by
                                            overwriting the argv area; NULL: leave it.  Only for a caller
                                            that no longer uses its argv strings. */
+        int blocking_threads;           /* threads of each process's blocking pool (aiot_run_blocking(3));
+                                           0: the default, 4 */
 };
 
 /* Runs the server until it stops and returns the process exit status:

@@ -158,6 +158,7 @@ static void proc_spec(const struct proc *p, int report_fd, struct aiot__proc_spe
                 .user = srv->user,
                 .group = srv->group,
                 .title = srv->proc_title,
+                .blocking_threads = srv->blocking_threads,
                 .keep_fds = srv->keep_fds,
                 .n_keep_fds = srv->n_keep_fds,
                 .beat_cell = p->beat >= 0 ? &srv->beats[p->beat] : NULL,

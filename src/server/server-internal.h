@@ -69,6 +69,7 @@ struct aiot__proc_spec {
         gid_t gid;
         const char *user, *group;
         const char *title;   /* the process title's prefix, or NULL */
+        int blocking_threads; /* for the process's loop; 0: its default */
         const int *keep_fds; /* sorted: the fds the child keeps */
         size_t n_keep_fds;
         uint64_t *beat_cell; /* this process's heartbeat counter, or NULL */
@@ -250,6 +251,7 @@ struct server {
         const char *pidfile;
         bool pidfile_written;
         const char *proc_title;
+        int blocking_threads; /* 0: the loop's default */
 
         unsigned gen;     /* the serving generation */
         unsigned new_gen; /* the generation a reload is starting, or 0 */

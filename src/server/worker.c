@@ -212,10 +212,11 @@ static void worker_prepare(const struct aiot__proc_spec *spec)
 /* The loop, the stop-signal watchers and the heartbeat. */
 static int worker_loop(const struct aiot__proc_spec *spec, aiot_worker *w)
 {
+        struct aiot_loop_opts lo = { .size = sizeof(lo), .blocking_threads = (size_t)spec->blocking_threads };
         struct ev_loop *evl;
         int r;
 
-        r = aiot_loop_new(&w->loop, NULL);
+        r = aiot_loop_new(&w->loop, &lo);
         if (r < 0)
                 return r;
         r = aiot_event_new(&w->stop_ev);

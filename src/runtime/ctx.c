@@ -12,28 +12,6 @@
 #ifdef AIOT_CTX_ASAN
 #include <sanitizer/common_interface_defs.h>
 #endif
-#ifdef AIOT_CTX_TSAN
-#include <sanitizer/tsan_interface.h>
-
-/* A finished context's fiber, destroyed by the context that runs next (a
- * fiber cannot destroy itself while it runs). */
-static __thread void *tsan_dead;
-
-static void tsan_reap(void)
-{
-        if (tsan_dead) {
-                __tsan_destroy_fiber(tsan_dead);
-                tsan_dead = NULL;
-        }
-}
-
-static void tsan_switch(aiot__ctx *from, aiot__ctx *to)
-{
-        if (!from->tsan_fiber)
-                from->tsan_fiber = __tsan_get_current_fiber();
-        __tsan_switch_to_fiber(to->tsan_fiber, 0);
-}
-#endif
 
 #ifdef AIOT_CTX_ASAN
 /* The context that switched last: the one a switch lands from.  ASan's finish
@@ -64,9 +42,6 @@ __attribute__((unused)) static void ctx_first(void *p)
 #ifdef AIOT_CTX_ASAN
         asan_finish(NULL);
 #endif
-#ifdef AIOT_CTX_TSAN
-        tsan_reap();
-#endif
         c->entry(c->arg);
         /* The entry must switch away for good; returning has nowhere to go. */
         abort();
@@ -92,9 +67,6 @@ void aiot__ctx_make(aiot__ctx *c, void *stack_lo, size_t size, aiot__ctx_entry e
 #ifdef AIOT_CTX_ASAN
         c->stack_lo = stack_lo;
         c->stack_size = size;
-#endif
-#ifdef AIOT_CTX_TSAN
-        c->tsan_fiber = __tsan_create_fiber(0);
 #endif
         /* getcontext only fills uc_mcontext/sigmask for makecontext to start from;
          * it cannot fail on Linux. */
@@ -182,17 +154,12 @@ void aiot__ctx_make(aiot__ctx *c, void *stack_lo, size_t size, aiot__ctx_entry e
         uintptr_t top = ((uintptr_t)stack_lo + size) & ~(uintptr_t)15;
         struct initial_frame *f = (struct initial_frame *)(top - sizeof(*f));
 
-#if defined(AIOT_CTX_HOOKED)
+#ifdef AIOT_CTX_ASAN
         memset(c, 0, sizeof(*c));
         c->entry = entry;
         c->arg = arg;
-#ifdef AIOT_CTX_ASAN
         c->stack_lo = stack_lo;
         c->stack_size = size;
-#endif
-#ifdef AIOT_CTX_TSAN
-        c->tsan_fiber = __tsan_create_fiber(0);
-#endif
         fill_frame(f, ctx_first, c);
 #else
         /* The initial frame carries entry and arg: the trampoline calls the entry
@@ -209,13 +176,10 @@ static inline void raw_switch(aiot__ctx *from, aiot__ctx *to)
 
 #endif
 
-#if defined(AIOT_CONTEXT_UCONTEXT) || defined(AIOT_CTX_HOOKED)
+#if defined(AIOT_CONTEXT_UCONTEXT) || defined(AIOT_CTX_ASAN)
 /* Parenthesised names: ctx.h may define these as macros for the plain asm build. */
 void(aiot__ctx_switch)(aiot__ctx *from, aiot__ctx *to)
 {
-#ifdef AIOT_CTX_TSAN
-        tsan_switch(from, to);
-#endif
 #ifdef AIOT_CTX_ASAN
         asan_from = from;
         __sanitizer_start_switch_fiber(&from->fake_stack, to->stack_lo, to->stack_size);
@@ -224,18 +188,10 @@ void(aiot__ctx_switch)(aiot__ctx *from, aiot__ctx *to)
 #else
         raw_switch(from, to);
 #endif
-#ifdef AIOT_CTX_TSAN
-        tsan_reap();
-#endif
 }
 
 void(aiot__ctx_switch_final)(aiot__ctx *from, aiot__ctx *to)
 {
-#ifdef AIOT_CTX_TSAN
-        tsan_switch(from, to);
-        tsan_dead = from->tsan_fiber;
-        from->tsan_fiber = NULL;
-#endif
 #ifdef AIOT_CTX_ASAN
         asan_from = from;
         /* NULL: this context's fake stack frames are dead, let ASan drop them. */

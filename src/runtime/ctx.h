@@ -31,23 +31,6 @@
 #endif
 #endif
 
-/* Under ThreadSanitizer every context is a TSan fiber (__tsan_create_fiber),
- * and every switch says which one runs next, so that TSan keeps one shadow
- * stack and one happens-before clock per task instead of seeing one thread's
- * stack jump around. */
-#if defined(__SANITIZE_THREAD__)
-#define AIOT_CTX_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define AIOT_CTX_TSAN 1
-#endif
-#endif
-
-/* A sanitizer must hear of every switch: no inlined raw switch then. */
-#if defined(AIOT_CTX_ASAN) || defined(AIOT_CTX_TSAN)
-#define AIOT_CTX_HOOKED 1
-#endif
-
 typedef void (*aiot__ctx_entry)(void *arg);
 
 typedef struct aiot__ctx {
@@ -67,9 +50,6 @@ typedef struct aiot__ctx {
         const void *stack_lo;
         size_t stack_size;
         void *fake_stack;
-#endif
-#ifdef AIOT_CTX_TSAN
-        void *tsan_fiber; /* NULL for a thread's own stack until it first switches away */
 #endif
 } aiot__ctx;
 
@@ -97,7 +77,7 @@ const char *aiot__ctx_impl(void);
  * returns.  No system call. */
 void aiot__ctx_swap(void **save_sp, void *new_sp);
 
-#if !defined(AIOT_CTX_HOOKED) && defined(__x86_64__) && !(defined(__CET__) && (__CET__ & 1))
+#if !defined(AIOT_CTX_ASAN) && defined(__x86_64__) && !(defined(__CET__) && (__CET__ & 1))
 /* The same switch as aiot__ctx_swap, same saved layout, but inline and without a
  * `call`.  Why: a `call` pushes an entry on the CPU's return stack buffer which
  * the switch never pops (it resumes with an indirect jump, predicted from
@@ -169,7 +149,7 @@ static inline __attribute__((always_inline)) void aiot__ctx_swap_inline(void **s
  * reused at once seemed to be the cause); the jump pushes no frame at all. */
 void aiot__ctx_jump(void *new_sp);
 #define aiot__ctx_switch_final(from, to) ((void)(from), aiot__ctx_jump((to)->sp))
-#elif !defined(AIOT_CTX_HOOKED)
+#elif !defined(AIOT_CTX_ASAN)
 /* Without ASan there is nothing to do around the raw switch: make a task switch
  * one call. */
 #define aiot__ctx_switch(from, to) aiot__ctx_swap(&(from)->sp, (to)->sp)

@@ -233,15 +233,17 @@ START_TEST(test_ticks_on_time_while_calls_block)
 
         ck_assert_int_eq(testutil_run_loop(ticks_main, &k, 0), 0);
         ck_assert_int_ge(k.n, 10);
-        /* Tick i is due at t0 + i * 10 ms.  A stalled loop would be 100 ms late;
-         * the bound is generous for a loaded machine. */
-        for (int i = 0; i < k.n; i++) {
-                double late = k.at[i] - (k.t0 + i * 0.010);
+        /* The longest gap between two ticks: a loop stalled by a 100 ms call
+         * would show a gap of 100 ms or more.  Gaps, not lateness against
+         * t0 + i * 10 ms, because lateness adds up over the ticks of a slow
+         * machine (valgrind) without any stall. */
+        for (int i = 1; i < k.n; i++) {
+                double gap = k.at[i] - k.at[i - 1];
 
-                if (late > worst)
-                        worst = late;
+                if (gap > worst)
+                        worst = gap;
         }
-        ck_assert_msg(worst < 0.050, "a tick was %.1f ms late", worst * 1e3);
+        ck_assert_msg(worst < 0.070, "ticks were %.1f ms apart", worst * 1e3);
 }
 END_TEST
 

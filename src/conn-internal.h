@@ -26,6 +26,7 @@ struct aiot__conn_buf {
 struct aiot_conn {
         ev_io io;                   /* watches the fd while the connection is kept */
         struct aiot__serve *srv;
+        const aiot_listener *listener; /* the one that accepted it */
         aiot_conn *idle_prev, *idle_next; /* the server's idle list, oldest first */
         double idle_since;          /* libev time when it became idle */
         struct aiot__conn_buf *buf; /* NULL while both buffers are empty */
@@ -38,7 +39,7 @@ struct aiot_conn {
 };
 
 /* conn.c */
-int aiot__conn_new(struct aiot__serve *srv, int fd, size_t state_size, aiot_conn **ret);
+int aiot__conn_new(struct aiot__serve *srv, const aiot_listener *l, int fd, size_t state_size, aiot_conn **ret);
 void aiot__conn_free(aiot_conn *c);            /* closes the fd too */
 void aiot__conn_shrink(aiot_conn *c);          /* frees empty buffers: before keeping it */
 size_t aiot__conn_buffered(const aiot_conn *c);

@@ -28,13 +28,14 @@
 #define OUT_FIRST 4096     /* the write buffer's first size ... */
 #define OUT_MAX 16384      /* ... and the largest: bigger writes go out at once */
 
-int aiot__conn_new(struct aiot__serve *srv, int fd, size_t state_size, aiot_conn **ret)
+int aiot__conn_new(struct aiot__serve *srv, const aiot_listener *l, int fd, size_t state_size, aiot_conn **ret)
 {
         aiot_conn *c = calloc(1, sizeof(*c) + state_size);
 
         if (!c)
                 return -ENOMEM;
         c->srv = srv;
+        c->listener = l;
         c->fd = fd;
         c->has_state = state_size > 0;
         *ret = c;
@@ -100,6 +101,11 @@ int aiot_conn_peer(const aiot_conn *c, struct sockaddr_storage *ss, socklen_t *l
 aiot_worker *aiot_conn_worker(const aiot_conn *c)
 {
         return c ? aiot__serve_worker(c->srv) : NULL;
+}
+
+const aiot_listener *aiot_conn_listener(const aiot_conn *c)
+{
+        return c ? c->listener : NULL;
 }
 
 /* ---------------------------------------------------------------- writing */

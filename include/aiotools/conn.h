@@ -90,6 +90,12 @@ int aiot_conn_peer(const aiot_conn *c, struct sockaddr_storage *ss, socklen_t *l
 /* The worker that serves c. */
 aiot_worker *aiot_conn_worker(const aiot_conn *c);
 
+/* The listening socket that accepted c (its name and address tell a
+ * multi-port server which service the client asked for); NULL for NULL.
+ * Valid while the handler runs, also after the listeners were closed at the
+ * stop (its fd then reads -1). */
+const aiot_listener *aiot_conn_listener(const aiot_conn *c);
+
 /* Reads until delim (a NUL-terminated string, not empty) has arrived and
  * consumes the bytes up to and including it; *data points at them until the
  * next read call on c.  Returns their number; 0 at end of file (bytes before

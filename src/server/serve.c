@@ -62,6 +62,7 @@ struct aiot__serve {
 
 struct acceptor {
         struct aiot__serve *srv;
+        const aiot_listener *l;
         int lfd;
 };
 
@@ -223,11 +224,11 @@ static void idle_expired(struct ev_loop *ev, ev_timer *t, int revents)
         idle_timer_arm(srv);
 }
 
-static void conn_open(struct aiot__serve *srv, int fd)
+static void conn_open(struct aiot__serve *srv, const aiot_listener *l, int fd)
 {
         aiot_conn *c;
 
-        if (aiot__conn_new(srv, fd, srv->o.state_size, &c) < 0) {
+        if (aiot__conn_new(srv, l, fd, srv->o.state_size, &c) < 0) {
                 aiot_log(AIOT_LOG_DEBUG, "connection fd %d: out of memory, closing it", fd);
                 (void)aiot_close(fd);
                 return;
@@ -270,7 +271,7 @@ static void take_queued(struct acceptor *a)
         int fd;
 
         while ((fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
-                conn_open(a->srv, fd);
+                conn_open(a->srv, a->l, fd);
 }
 
 static int accept_loop(void *arg)
@@ -286,7 +287,7 @@ static int accept_loop(void *arg)
                                 goto stop;
                 fd = aiot_accept(a->lfd, NULL, NULL);
                 if (fd >= 0) {
-                        conn_open(srv, fd);
+                        conn_open(srv, a->l, fd);
                         continue;
                 }
                 if (fd == -ECANCELED || fd == -ETIMEDOUT)
@@ -362,7 +363,7 @@ static int serve_run(struct aiot__serve *srv, const aiot_listener *ls, size_t n)
                 return r;
         }
         for (size_t i = 0; i < n && r == 0; i++) {
-                acc[i] = (struct acceptor){.srv = srv, .lfd = ls[i].fd};
+                acc[i] = (struct acceptor){.srv = srv, .l = &ls[i], .lfd = ls[i].fd};
                 r = aiot_spawn(accs, accept_loop, &acc[i], NULL);
         }
         if (r == 0)

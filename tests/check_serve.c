@@ -531,6 +531,49 @@ START_TEST(test_conn_state_peer_and_stopping)
 }
 END_TEST
 
+/* At the stop, a kept connection idle for the grace already is closed at
+ * once; one that had an answer just before is not raced: its next request is
+ * served (the worker is stopping), and it is closed only once it has been
+ * idle for the grace.  The server exits long before the drain time. */
+START_TEST(test_stop_closes_idle_after_grace)
+{
+        struct server s;
+        double t0, t_old, t_recent;
+        int old, recent, status;
+
+        reset_opts();
+        opts.state_size = sizeof(unsigned);
+        opts.stop_grace = 0.6;
+        opts.drain_timeout = 20;
+        server_start(&s);
+        old = tcp_connect(s.port);
+        send_str(old, "a\n");
+        expect_line(old, "a\n");
+        usleep(900000); /* idle longer than the grace */
+        recent = tcp_connect(s.port);
+        send_str(recent, "info\n");
+        expect_line(recent, "peer 127.0.0.1 lines 1 stopping 0\n");
+        t0 = now();
+        kill(s.pid, SIGTERM);
+        expect_eof(old, T_WAIT);
+        t_old = now() - t0;
+        usleep(200000); /* within the grace: the next request is served */
+        send_str(recent, "info\n");
+        expect_line(recent, "peer 127.0.0.1 lines 2 stopping 15\n");
+        t0 = now();
+        expect_eof(recent, T_WAIT);
+        t_recent = now() - t0;
+        ck_assert_msg(t_old < t_recent, "the long idle one closed after %.3f s, the recent one %.3f s after its answer",
+                      t_old, t_recent);
+        ck_assert_double_ge(t_recent, 0.4);
+        ck_assert_int_eq(waitpid(s.pid, &status, 0), s.pid);
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        ck_assert_double_lt(now() - t0, 10.0);
+        close(old);
+        close(recent);
+}
+END_TEST
+
 /* A peer that stops reading is cut off by the write timeout: after it, the
  * connection ends with less than the 64 MiB sent. */
 START_TEST(test_write_timeout_cuts_off_a_peer_that_does_not_read)
@@ -753,6 +796,7 @@ static Suite *serve_suite(void)
         tcase_add_test(tc, test_conn_without_state);
         tcase_add_test(tc, test_framed_peek_exact_flush);
         tcase_add_test(tc, test_write_timeout_cuts_off_a_peer_that_does_not_read);
+        tcase_add_test(tc, test_stop_closes_idle_after_grace);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("aiotools-serve");

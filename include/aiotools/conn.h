@@ -63,14 +63,18 @@ struct aiot_serve_opts {
         double write_timeout;   /* a write may wait this long for a peer that does not
                                    read (from the first time the socket is full; then
                                    -ETIMEDOUT); 0: 60 s */
+        double stop_grace;      /* at the stop: a kept connection idle this long is
+                                   closed (at once if it already was); 0: 1 s;
+                                   < 0: kept ones wait the whole drain time */
 };
 
 /* The standard worker body: one acceptor task per listener of w, a connection
  * per accepted fd.  Marks the worker ready and waits for the stop signal
  * (aiot_worker_wait_stop()), then stops accepting, serves the connections
  * already queued, closes this process's listeners, lets running handlers
- * finish and kept connections send their next request up to the drain time,
- * closes the kept connections that stayed idle and cancels the rest.  On
+ * finish, closes each kept connection once it has been idle for stop_grace
+ * (a request that arrives first is served), and after the drain time closes
+ * what is still kept and cancels the rest.  On
  * EMFILE / ENFILE accepting pauses for 0.1 s (logged at most every 10 s, with
  * the fd limit).  Returns the stop signal (> 0); -EINVAL (NULL, no handler,
  * bad opts, no listener), -ENOMEM, -EPERM (not w's root task, the main

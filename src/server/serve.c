@@ -16,10 +16,16 @@
  *
  * The stop, in order: the acceptors are cancelled and take what is already
  * queued (served, not reset), the listener copies are closed, then running
- * handlers finish and kept connections may send one more request (handlers
- * see aiot_worker_stopping() and answer "Connection: close") until every
- * connection is gone or the drain time has passed; then the connections still
- * watched are closed and the handlers still running are cancelled. */
+ * handlers finish (they see aiot_worker_stopping() and answer "Connection:
+ * close") and kept connections are closed once they have been idle for the
+ * stop grace: at once for those idle that long already, later for the others,
+ * so that a client that just had an answer and is about to send its next
+ * request is not raced; a request that arrives first is served (and a
+ * connection whose bytes are waiting unreported is never closed as idle).
+ * The idle list needs no second timer for it: the grace only shortens the
+ * limit every entry has.  When every connection is gone, or the drain time
+ * has passed, the connections still watched are closed and the handlers
+ * still running are cancelled. */
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -42,6 +48,7 @@
 #define DEFAULT_REQUEST_TIMEOUT 60.0
 #define DEFAULT_DRAIN_TIMEOUT 10.0
 #define DEFAULT_WRITE_TIMEOUT 60.0
+#define DEFAULT_STOP_GRACE 1.0
 #define FD_PAUSE 0.1          /* accepting pauses this long on EMFILE / ENFILE ... */
 #define FD_LOG_INTERVAL 10.0  /* ... and says so at most this often */
 
@@ -56,6 +63,7 @@ struct aiot__serve {
         aiot_event *quiet;        /* set when the last connection closed */
         aiot_conn *idle_head, *idle_tail;
         ev_timer idle_timer;
+        bool stopping;            /* after the stop signal: kept ones close after stop_grace */
         bool closing;             /* after the drain: kept connections are closed */
         double fd_logged;         /* when the fd limit was last logged */
 };
@@ -78,13 +86,23 @@ double aiot__serve_write_timeout(const struct aiot__serve *srv)
 
 /* ---------------------------------------------------------------- the idle list */
 
+/* How long a kept connection may stay idle: the idle timeout, and at the stop
+ * the grace if that is shorter.  The same for every connection, so the list
+ * stays ordered by expiry and one timer serves it. */
+static double idle_limit(const struct aiot__serve *srv)
+{
+        if (srv->stopping && srv->o.stop_grace < srv->o.idle_timeout)
+                return srv->o.stop_grace;
+        return srv->o.idle_timeout;
+}
+
 static void idle_timer_arm(struct aiot__serve *srv)
 {
         double left;
 
-        if (!srv->idle_head || ev_is_active(&srv->idle_timer) || isinf(srv->o.idle_timeout))
+        if (!srv->idle_head || ev_is_active(&srv->idle_timer) || isinf(idle_limit(srv)))
                 return;
-        left = srv->idle_head->idle_since + srv->o.idle_timeout - ev_now(srv->ev);
+        left = srv->idle_head->idle_since + idle_limit(srv) - ev_now(srv->ev);
         ev_timer_set(&srv->idle_timer, left > 0 ? left : 0, 0.);
         ev_timer_start(srv->ev, &srv->idle_timer);
 }
@@ -134,6 +152,29 @@ static void conn_close(aiot_conn *c)
 }
 
 static void conn_watch(aiot_conn *c);
+static int conn_task(void *arg);
+
+/* From watched to busy: bytes (or EOF) have arrived. */
+static void conn_start(aiot_conn *c)
+{
+        idle_unlink(c->srv, c);
+        c->busy = true;
+        c->drained = false;
+        if (aiot_spawn_opts(c->srv->conns, conn_task, c, &c->srv->so, NULL) < 0) {
+                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", c->fd);
+                conn_close(c);
+        }
+}
+
+/* Whether bytes (or EOF) wait on a watched connection that libev has not
+ * reported yet: closing it would drop a request that already arrived. */
+static bool conn_has_input(const aiot_conn *c)
+{
+        char b;
+        ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+        return n > 0;
+}
 
 /* Runs the handler while there is something to serve; see the file comment.
  * The answers to pipelined messages gather in the write buffer and go out
@@ -187,13 +228,7 @@ static void conn_readable(struct ev_loop *ev, ev_io *io, int revents)
                 ev_io_stop(ev, io);
                 return;
         }
-        idle_unlink(c->srv, c);
-        c->busy = true;
-        c->drained = false; /* libev says there are bytes (or EOF) */
-        if (aiot_spawn_opts(c->srv->conns, conn_task, c, &c->srv->so, NULL) < 0) {
-                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", c->fd);
-                conn_close(c);
-        }
+        conn_start(c);
 }
 
 /* From busy (or new) to watched. */
@@ -219,9 +254,25 @@ static void idle_expired(struct ev_loop *ev, ev_timer *t, int revents)
         double now = ev_now(ev);
 
         (void)revents;
-        while (srv->idle_head && srv->idle_head->idle_since + srv->o.idle_timeout <= now)
-                conn_close(srv->idle_head);
+        while (srv->idle_head && srv->idle_head->idle_since + idle_limit(srv) <= now) {
+                aiot_conn *c = srv->idle_head;
+
+                if (conn_has_input(c))
+                        conn_start(c);
+                else
+                        conn_close(c);
+        }
         idle_timer_arm(srv);
+}
+
+/* At the stop: the kept connections idle for the grace already close now,
+ * the others when they reach it (one timer, as for the idle timeout). */
+static void idle_stop_grace(struct aiot__serve *srv)
+{
+        srv->stopping = true;
+        ev_timer_stop(srv->ev, &srv->idle_timer);
+        ev_now_update(srv->ev);
+        idle_expired(srv->ev, &srv->idle_timer, 0);
 }
 
 static void conn_open(struct aiot__serve *srv, const aiot_listener *l, int fd)
@@ -331,6 +382,8 @@ static int opts_resolve(const struct aiot_serve_opts *in, struct aiot__serve *sr
         /* Read from the copy: an older caller's struct ends before it (zero). */
         aiot__return_if(isnan(srv->o.write_timeout), -EINVAL);
         srv->o.write_timeout = timeout_or(srv->o.write_timeout, DEFAULT_WRITE_TIMEOUT);
+        aiot__return_if(isnan(srv->o.stop_grace), -EINVAL);
+        srv->o.stop_grace = timeout_or(srv->o.stop_grace, DEFAULT_STOP_GRACE);
         srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size};
         return 0;
 }
@@ -372,8 +425,10 @@ static int serve_run(struct aiot__serve *srv, const aiot_listener *ls, size_t n)
         aiot_scope_close(accs);
         free(acc);
         (void)aiot_worker_close_listeners(srv->w);
-        if (r > 0)
+        if (r > 0) {
+                idle_stop_grace(srv);
                 drain(srv);
+        }
         srv->closing = true;
         while (srv->idle_head)
                 conn_close(srv->idle_head);

@@ -28,14 +28,14 @@
 #define OUT_FIRST 4096     /* the write buffer's first size ... */
 #define OUT_MAX 16384      /* ... and the largest: bigger writes go out at once */
 
-int aiot__conn_new(struct aiot__serve *srv, const aiot_listener *l, int fd, size_t state_size, aiot_conn **ret)
+int aiot__conn_new(struct aiot__serve *srv, unsigned short listener, int fd, size_t state_size, aiot_conn **ret)
 {
         aiot_conn *c = calloc(1, sizeof(*c) + state_size);
 
         if (!c)
                 return -ENOMEM;
         c->srv = srv;
-        c->listener = l;
+        c->listener = listener;
         c->fd = fd;
         c->has_state = state_size > 0;
         *ret = c;
@@ -77,6 +77,11 @@ void aiot__conn_shrink(aiot_conn *c)
                 buf_free(c);
 }
 
+void aiot__conn_drop(aiot_conn *c)
+{
+        buf_free(c);
+}
+
 size_t aiot__conn_buffered(const aiot_conn *c)
 {
         return c->buf ? c->buf->in_len - c->buf->in_off : 0;
@@ -105,7 +110,7 @@ aiot_worker *aiot_conn_worker(const aiot_conn *c)
 
 const aiot_listener *aiot_conn_listener(const aiot_conn *c)
 {
-        return c ? c->listener : NULL;
+        return c ? aiot__serve_listener(c->srv, c->listener) : NULL;
 }
 
 /* ---------------------------------------------------------------- writing */

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,6 +77,41 @@ static int flood(aiot_conn *c)
         return r < 0 ? r : AIOT_CONN_KEEP;
 }
 
+/* "file": "BEGIN\n" (buffered, so sendfile must flush it first), the test
+ * file from byte FILE_SKIP with aiot_conn_sendfile() asked for its whole
+ * size (so the file ends first), then "\nEND SENT OFFSET\n", and a close. */
+#define FILE_SKIP 7
+static char file_path[64];
+static int send_file(aiot_conn *c)
+{
+        struct stat st;
+        off_t off = FILE_SKIP;
+        char tail[64];
+        ssize_t n;
+        int fd = open(file_path, O_RDONLY | O_CLOEXEC), r;
+
+        if (fd < 0 || fstat(fd, &st) < 0)
+                return -errno;
+        r = aiot_conn_write(c, "BEGIN\n", 6);
+        n = r < 0 ? r : aiot_conn_sendfile(c, fd, &off, (size_t)st.st_size);
+        close(fd);
+        if (n < 0)
+                return (int)n;
+        r = snprintf(tail, sizeof(tail), "\nEND %zd %lld\n", n, (long long)off);
+        return aiot_conn_write(c, tail, (size_t)r);
+}
+
+/* "where": the address of the listener that accepted the connection. */
+static int where(aiot_conn *c)
+{
+        const aiot_listener *l = aiot_conn_listener(c);
+        int r = aiot_conn_write(c, l->address, strlen(l->address));
+
+        if (r == 0)
+                r = aiot_conn_write(c, "\n", 1);
+        return r < 0 ? r : AIOT_CONN_KEEP;
+}
+
 static int line_conn(aiot_conn *c, void *arg)
 {
         const char *line;
@@ -95,6 +131,10 @@ static int line_conn(aiot_conn *c, void *arg)
                 return conn_info(c);
         if (n == 6 && !memcmp(line, "flood\n", 6))
                 return flood(c);
+        if (n == 5 && !memcmp(line, "file\n", 5))
+                return send_file(c);
+        if (n == 6 && !memcmp(line, "where\n", 6))
+                return where(c);
         r = aiot_conn_write(c, line, (size_t)n);
         return r < 0 ? r : AIOT_CONN_KEEP;
 }
@@ -529,6 +569,57 @@ START_TEST(test_lingering_close_no_reset)
 }
 END_TEST
 
+/* A file of 6 MiB (more than the socket buffers hold, so sendfile parks)
+ * reaches a client that starts reading late, byte for byte, after what was
+ * buffered before it; the count asked past the file's end returns what the
+ * file had, and the offset advanced by it. */
+START_TEST(test_sendfile_a_large_file)
+{
+        static char data[6 << 20], got[(6 << 20) + 128];
+        size_t size = sizeof(data), total = 0;
+        char expect_tail[64];
+        struct server s;
+        int fd, tl;
+
+        reset_opts();
+        snprintf(file_path, sizeof(file_path), "/tmp/check-serve-file-%d", (int)getpid());
+        for (size_t i = 0; i < size; i++)
+                data[i] = (char)((i * 2654435761u) >> 13);
+        fd = open(file_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write(fd, data, size), (ssize_t)size);
+        close(fd);
+        server_start(&s);
+        fd = tcp_connect(s.port);
+        send_str(fd, "file\n");
+        usleep(300000); /* the socket fills up meanwhile */
+        for (;;) {
+                ssize_t r;
+
+                ck_assert_msg(readable(fd, T_WAIT), "stalled after %zu bytes", total);
+                r = read(fd, got + total, sizeof(got) - total);
+                ck_assert_int_ge(r, 0);
+                if (r == 0)
+                        break;
+                total += (size_t)r;
+        }
+        unlink(file_path);
+        tl = snprintf(expect_tail, sizeof(expect_tail), "\nEND %zu %zu\n", size - FILE_SKIP, size);
+        ck_assert_uint_eq(total, 6 + size - FILE_SKIP + (size_t)tl);
+        ck_assert(memcmp(got, "BEGIN\n", 6) == 0);
+        ck_assert_msg(memcmp(got + 6, data + FILE_SKIP, size - FILE_SKIP) == 0, "the file's bytes differ");
+        ck_assert(memcmp(got + 6 + size - FILE_SKIP, expect_tail, (size_t)tl) == 0);
+        close(fd);
+        /* The listener that accepted a connection is named. */
+        fd = tcp_connect(s.port);
+        send_str(fd, "where\n");
+        snprintf(expect_tail, sizeof(expect_tail), "127.0.0.1:%d\n", s.port);
+        expect_line(fd, expect_tail);
+        close(fd);
+        ck_assert_int_eq(server_stop(&s), 0);
+}
+END_TEST
+
 /* The connection calls: the peer, the fd, the state kept across KEEP (the
  * handler runs in a fresh task each time), the worker and its stopping flag. */
 START_TEST(test_conn_state_peer_and_stopping)
@@ -828,6 +919,7 @@ static Suite *serve_suite(void)
         tcase_add_test(tc, test_write_timeout_cuts_off_a_peer_that_does_not_read);
         tcase_add_test(tc, test_stop_closes_idle_after_grace);
         tcase_add_test(tc, test_lingering_close_no_reset);
+        tcase_add_test(tc, test_sendfile_a_large_file);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("aiotools-serve");

@@ -129,6 +129,14 @@ int aiot_conn_write(aiot_conn *c, const void *buf, size_t n);
  * Returns 0 or -errno (-EPIPE, -ECANCELED, -ETIMEDOUT ...). */
 int aiot_conn_flush(aiot_conn *c, size_t *sent);
 
+/* Flushes what is buffered, then sends up to count bytes of the file fd
+ * from *offset (advanced by what went out; NULL: from fd's file offset,
+ * which advances) with sendfile(2), parking while the socket is full, under
+ * the write timeout.  Returns the number of bytes sent (fewer than count
+ * only when the file ended first), or -errno (-ETIMEDOUT, -ECANCELED,
+ * -EPIPE ...); after an error *offset says how far it got. */
+ssize_t aiot_conn_sendfile(aiot_conn *c, int fd, off_t *offset, size_t count);
+
 #ifdef __cplusplus
 }
 #endif

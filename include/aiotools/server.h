@@ -147,6 +147,13 @@ struct aiot_server_config {
         const char *proc_title;         /* "NAME": show "NAME: supervisor", "NAME: worker N" in ps by
                                            overwriting the argv area; NULL: leave it.  Only for a caller
                                            that no longer uses its argv strings. */
+        const char *control;            /* the path of a control socket (aiotools-serve ctl), or NULL:
+                                           none; mode 0600, or 0660 with control_group */
+        const char *control_group;      /* a group whose members may use it too, or NULL */
+        const char *metrics;            /* an address (aiot_listen_parse(3)) for an HTTP listener
+                                           serving GET /metrics and GET /healthz, or NULL */
+        double setup_timeout;           /* a process not ready within this many seconds failed its
+                                           setup; 0: 60; < 0: never */
 };
 
 /* Runs the server until it stops and returns the process exit status:

@@ -36,6 +36,7 @@
 #include "aiotools/scope.h"
 #include "conn-internal.h"
 #include "macro.h"
+#include "server-internal.h" /* the status counters (wstat.c) */
 
 #define DEFAULT_MAX_CONNECTIONS 10000
 #define DEFAULT_IDLE_TIMEOUT 60.0
@@ -125,6 +126,7 @@ static void conn_close(aiot_conn *c)
         ev_io_stop(srv->ev, &c->io);
         idle_unlink(srv, c);
         aiot__conn_free(c);
+        aiot__stat_conn(srv->w, -1);
         srv->n_conns--;
         if (srv->n_conns < srv->o.max_connections)
                 aiot_event_set(srv->room);
@@ -149,6 +151,7 @@ static int conn_task(void *arg)
 
                 aiot_deadline_begin(&d, srv->o.request_timeout);
                 r = srv->o.handler(c, srv->o.arg);
+                aiot__stat_request(srv->w);
                 keep = r == AIOT_CONN_KEEP && !c->eof && !srv->closing;
                 more = keep && aiot__conn_buffered(c) > 0;
                 if (r >= 0 && !more) {
@@ -233,6 +236,7 @@ static void conn_open(struct aiot__serve *srv, int fd)
                 return;
         }
         srv->n_conns++;
+        aiot__stat_conn(srv->w, +1);
         if (srv->n_conns >= srv->o.max_connections)
                 aiot_event_clear(srv->room);
         if (!srv->o.server_first) {

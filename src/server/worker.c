@@ -183,6 +183,7 @@ static void worker_free(aiot_worker *w)
                         if (w->handlers[i].fn)
                                 ev_signal_stop(evl, &w->handlers[i].sw);
                 aiot__beat_stop(evl, &w->beat);
+                aiot__chan_stop(w);
                 aiot_loop_free(w->loop);
         }
         aiot_event_free(w->stop_ev);
@@ -227,7 +228,10 @@ static int worker_loop(const struct aiot__proc_spec *spec, aiot_worker *w)
                 w->sigw[i].data = w;
                 ev_signal_start(evl, &w->sigw[i]);
         }
+        w->beat.stat = spec->stat_cell;
+        w->beat.loop = w->loop;
         aiot__beat_start(evl, &w->beat, spec->beat_cell, spec->beat_period);
+        aiot__chan_start(w);
         return 0;
 }
 

@@ -270,6 +270,9 @@ void aiot__gen_proc_ready(struct proc *p, bool again)
 
 /* ---------------------------------------------------------------- control signals */
 
+/* "SIGTTIN received: adding ...", "ctl scale: adding ..." */
+#define SIG_SUFFIX(cause) (strncmp(cause, "SIG", 3) == 0 ? " received" : "")
+
 static void scale_up(struct server *srv, const char *cause)
 {
         unsigned gen = srv->new_gen ? srv->new_gen : srv->gen;
@@ -287,7 +290,8 @@ static void scale_up(struct server *srv, const char *cause)
                 return;
         }
         srv->n_workers = n + 1;
-        aiot_log(AIOT_LOG_NOTICE, "%s: adding worker %d (%zu workers)", cause, index, srv->n_workers);
+        aiot_log(AIOT_LOG_NOTICE, "%s%s: adding worker %d (%zu workers)", cause, SIG_SUFFIX(cause), index,
+                 srv->n_workers);
         aiot__proc_transition(p, PE_START, 0);
 }
 
@@ -303,7 +307,8 @@ static void scale_down(struct server *srv, const char *cause)
                 return;
         }
         srv->n_workers = n - 1;
-        aiot_log(AIOT_LOG_NOTICE, "%s: stopping worker %d (%zu workers)", cause, p->index, srv->n_workers);
+        aiot_log(AIOT_LOG_NOTICE, "%s%s: stopping worker %d (%zu workers)", cause, SIG_SUFFIX(cause), p->index,
+                 srv->n_workers);
         if (p->replaced_by)
                 aiot__proc_transition(p->replaced_by, PE_STOP, aiot__graceful_signal(srv));
         aiot__proc_transition(p, PE_STOP, aiot__graceful_signal(srv));
@@ -338,10 +343,10 @@ void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
                 reload_start(srv);
                 break;
         case SIGTTIN:
-                scale_up(srv, "SIGTTIN received");
+                scale_up(srv, "SIGTTIN");
                 break;
         case SIGTTOU:
-                scale_down(srv, "SIGTTOU received");
+                scale_down(srv, "SIGTTOU");
                 break;
         default:
                 forward_signal(srv, w->signum);

@@ -145,6 +145,7 @@ static int conn_task(void *arg)
         struct aiot__serve *srv = c->srv;
         int r;
 
+        aiot_task_set_name(aiot_current(), "conn");
         for (;;) {
                 aiot_deadline d;
                 bool keep, more;
@@ -282,6 +283,7 @@ static int accept_loop(void *arg)
         struct acceptor *a = arg;
         struct aiot__serve *srv = a->srv;
 
+        aiot_task_set_name(aiot_current(), aiot__accept_name(srv->w, a->lfd));
         for (;;) {
                 int fd;
 

@@ -151,6 +151,8 @@ struct aiot_worker {
         struct aiot__beat beat;
         struct sig_handler handlers[MAX_HANDLERS];
         ev_io chan_w; /* requests from the supervisor on report_fd */
+        char root_name[32];  /* the root task's name: "worker 3" */
+        char **accept_names; /* "accept ADDR" per listener, made on first use */
 };
 
 /* worker.c: the child's entry point, given to aiot_fork() with a spec. */
@@ -169,6 +171,8 @@ void aiot__beat_stop(struct ev_loop *evl, struct aiot__beat *b);
  * store each; nothing when the process has no record). */
 void aiot__stat_conn(aiot_worker *w, int delta);
 void aiot__stat_request(aiot_worker *w);
+const char *aiot__accept_name(aiot_worker *w, int lfd);
+void aiot__names_free(aiot_worker *w);
 void aiot__stat_tick(struct aiot__beat *b);
 void aiot__chan_start(aiot_worker *w);
 void aiot__chan_stop(aiot_worker *w);

@@ -15,6 +15,7 @@
  * one call that needs the supervisor's state there, aiot_worker_wait_stop(),
  * hands over to supervisor.c. */
 #include <errno.h>
+#include <execinfo.h>
 #include <grp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -157,6 +158,8 @@ static int worker_root(void *arg)
         int r, rc;
 
         w->root = aiot_current();
+        snprintf(w->root_name, sizeof(w->root_name), "%s %d", w->kind == AIOT_EXTRA ? "extra" : "worker", w->index);
+        aiot_task_set_name(w->root, w->root_name);
         r = aiot_scope_open(&w->scope, NULL);
         if (r < 0) {
                 aiot__report_send(w->report_fd, MSG_FAILED, r);
@@ -187,6 +190,7 @@ static void worker_free(aiot_worker *w)
                 aiot_loop_free(w->loop);
         }
         aiot_event_free(w->stop_ev);
+        aiot__names_free(w);
         if (w->owned) {
                 aiot_listeners_free(w->owned, w->n_listeners);
                 free((void *)w->listeners);
@@ -208,6 +212,37 @@ static void worker_prepare(const struct aiot__proc_spec *spec)
         }
         spec->drop_parent(spec->parent);
         signal(SIGPIPE, SIG_IGN);
+}
+
+/* SIGABRT (the watchdog's, or an abort() of the program's own): says which
+ * task was running and its backtrace on stderr, with write(2) only, then
+ * lets the default action end the process (SA_RESETHAND). */
+static void abort_handler(int signo)
+{
+        aiot_task *t = aiot_current();
+        const char *name = t ? aiot_task_name(t) : NULL;
+        char line[256];
+        void *frames[48];
+        int n = snprintf(line, sizeof(line), "pid %d: SIG%s while running %s%s%s; backtrace:\n", (int)getpid(),
+                         sigabbrev_np(signo) ?: "?", !t ? "no task (the loop itself)" : name ? "task '" : "an unnamed task",
+                         t && name ? name : "", t && name ? "'" : "");
+
+        if (n > 0)
+                (void)!write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+        n = backtrace(frames, 48);
+        backtrace_symbols_fd(frames, n, STDERR_FILENO);
+        raise(signo);
+}
+
+static void abort_handler_install(void)
+{
+        struct sigaction sa = {.sa_handler = abort_handler, .sa_flags = SA_RESETHAND | SA_ONSTACK};
+        void *frame;
+
+        /* backtrace() loads libgcc on first use: not from a signal handler. */
+        (void)backtrace(&frame, 1);
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGABRT, &sa, NULL);
 }
 
 /* The loop, the stop-signal watchers and the heartbeat. */
@@ -232,6 +267,7 @@ static int worker_loop(const struct aiot__proc_spec *spec, aiot_worker *w)
         w->beat.loop = w->loop;
         aiot__beat_start(evl, &w->beat, spec->beat_cell, spec->beat_period);
         aiot__chan_start(w);
+        abort_handler_install();
         return 0;
 }
 

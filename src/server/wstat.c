@@ -71,6 +71,38 @@ void aiot__stat_tick(struct aiot__beat *b)
         b->window_start = now;
 }
 
+/* ---------------------------------------------------------------- task names */
+
+/* "accept ADDR" for the acceptor of listener fd lfd: made once per listener
+ * and kept until the worker ends, as a task's name is not copied. */
+const char *aiot__accept_name(aiot_worker *w, int lfd)
+{
+        const aiot_listener *ls;
+        size_t n = aiot_worker_listeners(w, &ls);
+
+        if (!w->accept_names && n)
+                w->accept_names = calloc(n, sizeof(*w->accept_names));
+        for (size_t i = 0; i < n && w->accept_names; i++)
+                if (ls[i].fd == lfd) {
+                        if (!w->accept_names[i] &&
+                            asprintf(&w->accept_names[i], "accept %s", ls[i].address ? ls[i].address : "?") < 0)
+                                w->accept_names[i] = NULL;
+                        return w->accept_names[i] ? w->accept_names[i] : "accept";
+                }
+        return "accept";
+}
+
+void aiot__names_free(aiot_worker *w)
+{
+        const aiot_listener *ls;
+        size_t n = aiot_worker_listeners(w, &ls);
+
+        for (size_t i = 0; w->accept_names && i < n; i++)
+                free(w->accept_names[i]);
+        free(w->accept_names);
+        w->accept_names = NULL;
+}
+
 /* ---------------------------------------------------------------- the task tree */
 
 struct dump_req {

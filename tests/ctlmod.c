@@ -13,6 +13,8 @@
  * and accepts on every listener, answering "ok\n" to each connection.
  * Module arguments (after "--"): slow=SEC makes the setup take SEC seconds
  * (sleeping: the loop and its heartbeat go on; --setup-timeout tests);
+ * block=SEC blocks the whole process (its loop too) for SEC seconds in the
+ * setup, so that its heartbeat stalls (--setup-timeout against --worker-timeout);
  * failif=PATH fails every setup with -EADDRNOTAVAIL while PATH exists (a
  * reload whose new generation cannot start). */
 #include <errno.h>
@@ -20,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <aiotools.h>
@@ -106,6 +109,13 @@ static int arg_setup(aiot_worker *w)
 
                 if (strncmp(a, "slow=", 5) == 0)
                         (void)aiot_sleep(atof(a + 5));
+                else if (strncmp(a, "block=", 6) == 0) {
+                        double sec = atof(a + 6);
+                        struct timespec ts = {.tv_sec = (time_t)sec, .tv_nsec = (long)((sec - (double)(time_t)sec) * 1e9)};
+
+                        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                                ;
+                }
                 else if (strncmp(a, "failif=", 7) == 0 && access(a + 7, F_OK) == 0)
                         return -EADDRNOTAVAIL;
         }

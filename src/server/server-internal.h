@@ -174,6 +174,7 @@ void aiot__stat_request(aiot_worker *w);
 const char *aiot__accept_name(aiot_worker *w, int lfd);
 void aiot__names_free(aiot_worker *w);
 void aiot__stat_tick(struct aiot__beat *b);
+void aiot__stat_ready(struct aiot__beat *b);
 void aiot__chan_start(aiot_worker *w);
 void aiot__chan_stop(aiot_worker *w);
 

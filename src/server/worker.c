@@ -349,6 +349,7 @@ int aiot_worker_wait_stop(aiot_worker *w)
         w->waited = true;
         if (w->kind == AIOT_MAIN)
                 return aiot__main_wait_stop(w);
+        aiot__stat_ready(&w->beat);
         aiot__report_send(w->report_fd, MSG_READY, 0);
         while (!w->stop_signo) {
                 r = aiot_event_wait(w->stop_ev);

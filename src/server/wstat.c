@@ -103,6 +103,13 @@ void aiot__names_free(aiot_worker *w)
         w->accept_names = NULL;
 }
 
+/* At READY: the task count is right from the first status on. */
+void aiot__stat_ready(struct aiot__beat *b)
+{
+        if (b->stat && b->loop)
+                __atomic_store_n(&b->stat->tasks, (uint64_t)aiot__loop_task_count(b->loop), __ATOMIC_RELAXED);
+}
+
 /* ---------------------------------------------------------------- the task tree */
 
 struct dump_req {

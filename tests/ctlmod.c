@@ -10,7 +10,9 @@
  *   "joiner"          aiot_join() of the sleeper
  *   "shielded waiter" inside aiot_shield_begin(), an event set at the stop
  *
- * and accepts on every listener, answering "ok\n" to each connection.
+ * and accepts on every listener: a task named "answer" reads a line and
+ * answers "ok\n", except for "hang", which blocks the whole process (its
+ * loop too) for 60 s inside that task (the watchdog's abort names it).
  * Module arguments (after "--"): slow=SEC makes the setup take SEC seconds
  * (sleeping: the loop and its heartbeat go on; --setup-timeout tests);
  * block=SEC blocks the whole process (its loop too) for SEC seconds in the
@@ -76,10 +78,20 @@ static int shielded_waiter(void *arg)
 static int answer(void *arg)
 {
         int fd = (int)(intptr_t)arg;
+        char line[16] = "";
+        struct timespec ts = {.tv_sec = 60};
 
+        (void)aiot_read(fd, line, sizeof(line) - 1);
+        if (strncmp(line, "hang", 4) == 0) {
+                (void)aiot_write_all(fd, "hanging\n", 8);
+                while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                        ;
+        }
         (void)aiot_write_all(fd, "ok\n", 3);
         return aiot_close(fd);
 }
+
+static const struct aiot_spawn_opts answer_opts = {.size = sizeof(answer_opts), .name = "answer"};
 
 static int acceptor(void *arg)
 {
@@ -90,7 +102,7 @@ static int acceptor(void *arg)
 
                 if (fd == -ECANCELED || fd == -EBADF || fd == -EINVAL)
                         return 0;
-                if (fd >= 0 && aiot_spawn(aiot_worker_scope(worker), answer, (void *)(intptr_t)fd, NULL) < 0)
+                if (fd >= 0 && aiot_spawn_opts(aiot_worker_scope(worker), answer, (void *)(intptr_t)fd, &answer_opts, NULL) < 0)
                         (void)aiot_close(fd);
         }
 }

@@ -16,7 +16,9 @@
 #  - --metrics: /healthz 200, then 503 while a worker is stopped (SIGSTOP);
 #  - --setup-timeout: a setup past it fails the start (exit 1) and names the
 #    timeout; a setup that blocks its loop longer than --worker-timeout is not
-#    aborted for it.
+#    aborted for it;
+#  - a hung worker aborted by --worker-timeout logs the running task's name
+#    and a backtrace.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 . "${top_srcdir:-.}/tests/proof-lib.sh"
 command -v python3 >/dev/null 2>&1 || missing "python3 is not installed"
@@ -314,6 +316,19 @@ start_server "$tmp/block.log" -w 1 --worker-timeout=0.5 --setup-timeout=20 --con
 check "a setup that blocks its loop 2 s, with --worker-timeout=0.5: ready, not aborted" wait_for 20 ready_in "$tmp/block.log" 1
 check "... no abort was logged" test -z "$(grep 'hung for' "$tmp/block.log")"
 ctl stop >/dev/null
+wait "$srv"
+
+# ---------------------------------------------------------------- the watchdog names the task
+start_server "$tmp/hang.log" -w 1 -b 127.0.0.1:0 --worker-timeout=1 "$CTLMOD"
+check "ctlmod starts (--worker-timeout=1)" wait_for 20 ready_in "$tmp/hang.log" 1
+hport=$(log_port "$tmp/hang.log")
+ask "$hport" hang >/dev/null
+aborted() { grep -q "SIGABRT while running task 'answer'; backtrace:" "$tmp/hang.log"; }
+check "a hung worker's abort names the running task 'answer'" wait_for 15 aborted
+check "... with a backtrace (frames after the line)" \
+        test "$(sed -n "/SIGABRT while running task 'answer'/,\$p" "$tmp/hang.log" | grep -c '\[0x[0-9a-f]*\]')" -ge 3
+sed -n "/SIGABRT while running/,+6p" "$tmp/hang.log" | sed 's/^/    /'
+kill -TERM "$srv"
 wait "$srv"
 
 summary

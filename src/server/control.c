@@ -60,6 +60,9 @@ struct client {
         size_t out_off;
         bool writing;
         bool json;
+        bool refused;     /* SO_PEERCRED said no: its line gets "ERR permission denied" */
+        bool handed_off;  /* the socket went to a worker (tasks): only our fd is closed */
+        unsigned peer_uid;
         bool reload_wait; /* waiting for generation reload_gen (0: the next one started) */
         unsigned reload_gen;
         double reload_t0;
@@ -499,8 +502,18 @@ static void client_close(struct client *c)
 
         ev_io_stop(ctl->srv->evl, &c->io);
         ev_timer_stop(ctl->srv->evl, &c->timer);
-        if (c->fd >= 0)
+        if (c->fd >= 0 && c->handed_off)
                 close(c->fd);
+        else if (c->fd >= 0) {
+                char junk[4096];
+
+                /* Bytes left unread would make close() reset the connection,
+                 * and the peer could lose the answer it has not read yet. */
+                shutdown(c->fd, SHUT_WR);
+                for (int i = 0; i < 16 && recv(c->fd, junk, sizeof(junk), MSG_DONTWAIT) > 0; i++)
+                        ;
+                close(c->fd);
+        }
         for (pp = &ctl->clients; *pp; pp = &(*pp)->next)
                 if (*pp == c) {
                         *pp = c->next;
@@ -550,6 +563,7 @@ static void cmd_tasks(struct client *c, long index)
                 return;
         }
         r = aiot__channel_send(p, MSG_TASKS, c->json ? AIOT__TASKS_JSON : 0, c->fd);
+        c->handed_off = r == 0;
         if (r < 0)
                 aiot_log(AIOT_LOG_WARNING, "ctl tasks: cannot ask worker %ld (pid %d): %s", index, (int)p->pid,
                          strerror(-r));
@@ -743,7 +757,11 @@ static void client_read(struct client *c)
                 return;
         /* One command per connection: what follows the line is not read. */
         ev_io_stop(c->ctl->srv->evl, &c->io);
-        if (line < 0)
+        if (c->refused)
+                client_answer_line(c, "ERR permission denied: uid %u is neither root, the server's user nor in its "
+                                      "control group",
+                                   c->peer_uid);
+        else if (line < 0)
                 client_answer_line(c, "USAGE line too long (at most %d bytes)", AIOT__CTL_LINE_MAX);
         else
                 ctl_command(c, c->in, (size_t)line);
@@ -817,18 +835,6 @@ static void accept_one(struct aiot__control *ctl, int lfd, enum client_kind kind
                 close(fd);
                 return;
         }
-        if (kind == CLIENT_CTL && !peer_allowed(ctl, fd, &cr)) {
-                char msg[160];
-                int n = snprintf(msg, sizeof(msg),
-                                 "ERR permission denied: uid %u is neither root, the server's user nor in its "
-                                 "control group\n",
-                                 (unsigned)cr.uid);
-
-                aiot_log(AIOT_LOG_WARNING, "control socket: refused pid %d uid %u", (int)cr.pid, (unsigned)cr.uid);
-                (void)send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-                close(fd);
-                return;
-        }
         c = calloc(1, sizeof(*c));
         if (!c) {
                 close(fd);
@@ -837,6 +843,13 @@ static void accept_one(struct aiot__control *ctl, int lfd, enum client_kind kind
         c->ctl = ctl;
         c->kind = kind;
         c->fd = fd;
+        /* Refused at once, answered once its line is in (nothing else is done
+         * for it): an answer sent before would race the peer's write. */
+        if (kind == CLIENT_CTL && !peer_allowed(ctl, fd, &cr)) {
+                aiot_log(AIOT_LOG_WARNING, "control socket: refused pid %d uid %u", (int)cr.pid, (unsigned)cr.uid);
+                c->refused = true;
+                c->peer_uid = (unsigned)cr.uid;
+        }
         c->next = ctl->clients;
         ctl->clients = c;
         ctl->n_clients++;

@@ -145,7 +145,6 @@ static int conn_task(void *arg)
         struct aiot__serve *srv = c->srv;
         int r;
 
-        aiot_task_set_name(aiot_current(), "conn");
         for (;;) {
                 aiot_deadline d;
                 bool keep, more;
@@ -336,7 +335,7 @@ static int opts_resolve(const struct aiot_serve_opts *in, struct aiot__serve *sr
         /* Read from the copy: an older caller's struct ends before it (zero). */
         aiot__return_if(isnan(srv->o.write_timeout), -EINVAL);
         srv->o.write_timeout = timeout_or(srv->o.write_timeout, DEFAULT_WRITE_TIMEOUT);
-        srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size};
+        srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size, .name = "conn"};
         return 0;
 }
 

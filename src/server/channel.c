@@ -86,7 +86,7 @@ void aiot__beat_stop(struct ev_loop *evl, struct aiot__beat *b)
         ev_timer_stop(evl, &b->tick);
 }
 
-/* ---------------------------------------------------------------- the report pipe */
+/* ---------------------------------------------------------------- the report channel */
 
 static int beat_alloc(struct server *srv)
 {
@@ -153,7 +153,7 @@ void aiot__channel_close(struct proc *p)
         p->report_rd = aiot__close(p->report_rd);
 }
 
-/* Drains the report pipe; a FAILED message is kept for the exit log line. */
+/* Drains the report channel; a FAILED message is kept for the exit log line. */
 void aiot__channel_read(struct proc *p)
 {
         struct msg m;

@@ -40,11 +40,11 @@ static int bad(char *err, size_t errlen, const char *what, const char *word)
         return -EINVAL;
 }
 
-/* A printable word of at most WORD_MAX - 1 bytes. */
-static bool word_ok(const char *w)
+/* Printable ASCII only (a NUL byte must not cut a word short). */
+static bool word_ok(const char *w, size_t len)
 {
-        for (; *w; w++)
-                if ((unsigned char)*w < 0x21 || (unsigned char)*w > 0x7e)
+        for (size_t i = 0; i < len; i++)
+                if ((unsigned char)w[i] < 0x21 || (unsigned char)w[i] > 0x7e)
                         return false;
         return true;
 }
@@ -75,10 +75,10 @@ static int split(const char *line, size_t len, char words[][WORD_MAX], size_t *n
                         return bad(err, errlen, "too many words", "");
                 if (wl >= WORD_MAX)
                         return bad(err, errlen, "word too long", "");
+                if (!word_ok(line + start, wl))
+                        return bad(err, errlen, "unprintable byte in the command", "");
                 memcpy(words[*n], line + start, wl);
                 words[*n][wl] = '\0';
-                if (!word_ok(words[*n]))
-                        return bad(err, errlen, "unprintable byte in", words[*n]);
                 (*n)++;
         }
         return 0;

@@ -35,7 +35,7 @@
 #define N_CTL 4
 extern const int aiot__ctl_signals[N_CTL];
 
-/* ---------------------------------------------------------------- the report pipe */
+/* ---------------------------------------------------------------- the report channel */
 
 /* READY, FAILED and RECYCLE go from a process to the supervisor; TASKS and
  * LOG_LEVEL from the supervisor to a process (the channel is a socketpair:
@@ -93,7 +93,7 @@ struct aiot__proc_spec {
         uint64_t *beat_cell; /* this process's heartbeat counter, or NULL */
         struct aiot__wstat *stat_cell; /* its status record, or NULL */
         double beat_period;
-        int report_fd; /* the write end of this process's report pipe */
+        int report_fd; /* this process's end of its report channel (a socketpair) */
         pid_t supervisor_pid;
         void *data;
         int argc;

@@ -11,8 +11,10 @@
  * done once none is live.  As PID 1 the supervisor also reaps the orphans
  * re-parented to it.  The files beside this one: proc.c (the process table
  * and its state machine), generation.c (reload, recycle, scaling), channel.c
- * (report pipe, heartbeat, service-manager notifications), config.c
- * (configuration, listeners, pidfile, fd snapshots), worker.c (the child). */
+ * (report channel, heartbeat, service-manager notifications), config.c
+ * (configuration, listeners, pidfile, fd snapshots), worker.c (the child),
+ * control.c and ctlproto.c (the control socket and the metrics listener),
+ * wstat.c (the child's status records and its end of the control requests). */
 #define AIOT__SUPERVISOR_SIDE
 #include <errno.h>
 #include <signal.h>

@@ -8,7 +8,7 @@
  * file is compiled without the supervisor's structs (see server-internal.h).
  * It sets up the process (title, signals, fds, its own listening sockets with
  * reuseport, privileges), builds a fresh task loop, and runs the context as
- * its root task.  The supervisor learns of progress through the report pipe
+ * its root task.  The supervisor learns of progress through the report channel
  * and of liveness through the heartbeat cell (channel.c).
  *
  * The same calls serve the main context, which runs in the supervisor; the
@@ -61,7 +61,7 @@ static void worker_signal_cb(struct ev_loop *loop, ev_signal *sw, int revents)
 }
 
 /* Closes every fd the process should not have: the supervisor's own (its loop,
- * the pidfds and report pipes of other processes) and, for an extra process,
+ * the pidfds and report channels of other processes) and, for an extra process,
  * the listening sockets.  What the caller of aiot_server_run() had open and
  * what the main context opened in its setup stays. */
 static void close_unwanted_fds(const struct aiot__proc_spec *spec)

@@ -18,6 +18,7 @@ enum opt_id {
         OPT_WORKERS, OPT_BIND, OPT_REUSEPORT, OPT_STOP_TIMEOUT, OPT_STOP_SIGNALS, OPT_USER, OPT_GROUP,
         OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_WORKER_TIMEOUT, OPT_LOG_LEVEL,
         OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_BLOCKING_THREADS, OPT_CHECK, OPT_HELP, OPT_VERSION,
+        OPT_CONTROL, OPT_CONTROL_GROUP, OPT_METRICS, OPT_SETUP_TIMEOUT,
 };
 
 struct opt {
@@ -49,6 +50,10 @@ static const struct opt opts[] = {
         { "check", 0, 0, OPT_CHECK },
         { "help", 'h', 0, OPT_HELP },
         { "version", 'V', 0, OPT_VERSION },
+        { "control", 0, 1, OPT_CONTROL },
+        { "control-group", 0, 1, OPT_CONTROL_GROUP },
+        { "metrics", 0, 1, OPT_METRICS },
+        { "setup-timeout", 0, 1, OPT_SETUP_TIMEOUT },
 };
 
 static const struct {
@@ -293,6 +298,19 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
                                     val, display);
                 cfg->log_level = level;
                 return 0;
+        case OPT_CONTROL:
+        case OPT_CONTROL_GROUP:
+        case OPT_METRICS:
+                if (!*val)
+                        return fail(err, errlen, "empty value for %s", display);
+                *(o->id == OPT_CONTROL ? &cfg->control : o->id == OPT_CONTROL_GROUP ? &cfg->control_group : &cfg->metrics) = val;
+                return 0;
+        case OPT_SETUP_TIMEOUT:
+                if (parse_seconds(val, 86400.0, &d) < 0)
+                        return fail(err, errlen, "invalid setup timeout '%s' for %s: expected seconds, 0 to 86400",
+                                    val, display);
+                cfg->setup_timeout = d;
+                return 0;
         case OPT_CHECK:
                 cfg->check = 1;
                 return 0;
@@ -388,6 +406,7 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
         memset(cfg, 0, sizeof(*cfg));
         cfg->stop_timeout = 30.0;
         cfg->worker_timeout = 30.0;
+        cfg->setup_timeout = 60.0;
         cfg->restart_limit = 5;
         cfg->restart_window = 10.0;
         cfg->log_level = -1;

@@ -33,6 +33,10 @@ struct cli_config {
         double request_timeout;         /* seconds; -1: not given; 0: none */
         double drain_timeout;           /* seconds; -1: not given; 0: cancel at once */
         double write_timeout;           /* seconds; -1: not given; 0: none */
+        const char *control;            /* --control=PATH, or NULL */
+        const char *control_group;      /* --control-group=GROUP, or NULL */
+        const char *metrics;            /* --metrics=ADDR, or NULL */
+        double setup_timeout;           /* seconds; default 60; 0: never */
         int check, help, version;
         const char *module;             /* NULL only with help or version */
         int module_argc;                /* the module's own arguments, after "--" */

@@ -15,9 +15,11 @@
 #include <aiotools.h>
 
 #include "cli.h"
+#include "ctl.h"
 
 static const char usage_text[] =
         "Usage: aiotools-serve [OPTIONS] MODULE [-- MODULE-ARGS...]\n"
+        "       aiotools-serve ctl [--socket=PATH] [--json] COMMAND [ARG]   (see ctl --help)\n"
         "Run MODULE (a shared object exporting 'aiot_module') in prefork worker processes.\n"
         "\n"
         "  -w, --workers=N          worker processes (default: online CPUs)\n"
@@ -40,6 +42,12 @@ static const char usage_text[] =
         "      --request-timeout=S  bound a handler run from its first byte (default 60; 0: none)\n"
         "      --drain-timeout=S    at a stop, let connections finish this long (default 10)\n"
         "      --write-timeout=S    cut off a peer that does not read for this long (default 60; 0: never)\n"
+        "      --setup-timeout=S    a worker not ready within S seconds failed its setup\n"
+        "                           (default 60; 0: never)\n"
+        "      --control=PATH       a control socket for `aiotools-serve ctl` (default\n"
+        "                           $RUNTIME_DIRECTORY/control.sock when that is set)\n"
+        "      --control-group=G    let group G use the control socket too (mode 0660)\n"
+        "      --metrics=ADDR       serve GET /metrics and GET /healthz over HTTP on ADDR\n"
         "      --check              load and validate MODULE (and the addresses), then exit\n"
         "  -h, --help               show this help and exit\n"
         "  -V, --version            show the version and exit\n"
@@ -311,6 +319,10 @@ static int serve(int argc, char **argv)
         cfg.no_pidfd = cli.no_pidfd;
         cfg.worker_timeout = cli.worker_timeout > 0 ? cli.worker_timeout : -1;
         cfg.blocking_threads = cli.blocking_threads;
+        cfg.setup_timeout = cli.setup_timeout > 0 ? cli.setup_timeout : -1;
+        cfg.control = cli.control;
+        cfg.control_group = cli.control_group;
+        cfg.metrics = cli.metrics;
         /* Every string in cfg points into the copy of argv. */
         cfg.proc_title = "aiotools-serve";
         aiot_log(AIOT_LOG_DEBUG, "module '%s' loaded from %s", m->name ? m->name : "?", cli.module);
@@ -322,9 +334,12 @@ static int serve(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-        char **copy = dup_argv(argc, argv);
+        char **copy;
         int status;
 
+        if (argc > 1 && strcmp(argv[1], "ctl") == 0)
+                return ctl_main(argc - 1, argv + 1);
+        copy = dup_argv(argc, argv);
         if (!copy)
                 return usage_error("out of memory");
         status = serve(argc, copy);

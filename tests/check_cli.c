@@ -40,6 +40,8 @@ START_TEST(test_defaults)
         ck_assert_double_eq(cfg.restart_window, 10.0);
         ck_assert_int_eq(cfg.log_level, -1);
         ck_assert_int_eq(cfg.module_argc, 0);
+        ck_assert_double_eq(cfg.setup_timeout, 60.0);
+        ck_assert(!cfg.control && !cfg.control_group && !cfg.metrics);
         ck_assert(!cfg.check && !cfg.help && !cfg.version && !cfg.reuseport && !cfg.no_pidfd);
 }
 END_TEST
@@ -184,6 +186,11 @@ static const struct {
         {{"--worker-timeout=-1", "m.so"}, "invalid worker timeout '-1' for --worker-timeout"},
         {{"--worker-timeout=inf", "m.so"}, "invalid worker timeout 'inf' for --worker-timeout"},
         {{"--log-level=loud", "m.so"}, "invalid log level 'loud'"},
+        {{"--setup-timeout=-2", "m.so"}, "invalid setup timeout '-2' for --setup-timeout"},
+        {{"--setup-timeout=nan", "m.so"}, "invalid setup timeout 'nan' for --setup-timeout"},
+        {{"--control=", "m.so"}, "empty value for --control"},
+        {{"--control-group=", "m.so"}, "empty value for --control-group"},
+        {{"--metrics=", "m.so"}, "empty value for --metrics"},
         {{"--check=yes", "m.so"}, "option --check takes no value"},
         {{NULL}, "no MODULE given"},
         {{"-w", "2"}, "no MODULE given"},
@@ -191,6 +198,20 @@ static const struct {
         {{"--reuseport", "m.so"}, "--reuseport needs at least one --bind"},
         {{""}, "empty module path"},
 };
+
+START_TEST(test_control_options)
+{
+        ck_assert_int_eq(parse("--control=/run/x/c.sock", "--control-group", "adm", "--metrics=127.0.0.1:9100",
+                               "--setup-timeout=2.5", "m.so", NULL),
+                         0);
+        ck_assert_str_eq(cfg.control, "/run/x/c.sock");
+        ck_assert_str_eq(cfg.control_group, "adm");
+        ck_assert_str_eq(cfg.metrics, "127.0.0.1:9100");
+        ck_assert_double_eq(cfg.setup_timeout, 2.5);
+        ck_assert_int_eq(parse("--setup-timeout=0", "m.so", NULL), 0);
+        ck_assert_double_eq(cfg.setup_timeout, 0.0);
+}
+END_TEST
 
 START_TEST(test_bad_input)
 {
@@ -239,6 +260,7 @@ static Suite *cli_suite(void)
         TCase *tc = tcase_create("parse");
 
         tcase_add_test(tc, test_defaults);
+        tcase_add_test(tc, test_control_options);
         tcase_add_test(tc, test_every_option_long);
         tcase_add_test(tc, test_short_options);
         tcase_add_loop_test(tc, test_bad_input, 0, (int)(sizeof(bad) / sizeof(bad[0])));

@@ -420,18 +420,19 @@ static void lifecycle(int n, int signo, const char *signals_opt)
                 ck_assert_int_eq(log_value(&s, "api", "w", i), 1);
         ck_assert_int_eq(log_value(&s, "api", "e", 0), 1);
         ck_assert_int_eq(log_value(&s, "api", "m", -1), 1);
-        /* Each process has its own loop only, its report pipe only, no pidfd of
-         * a sibling, and the listener (workers) or nothing (the extra process). */
+        /* Each process has its own loop only, its report channel (a socketpair)
+         * only, no pidfd of a sibling, and the listener (workers) or nothing
+         * (the extra process). */
         for (int i = 0; i < n; i++) {
                 ck_assert_int_eq(log_value(&s, "fd-epoll", "w", i), 1);
-                ck_assert_int_eq(log_value(&s, "fd-pipe", "w", i), 1);
+                ck_assert_int_eq(log_value(&s, "fd-pipe", "w", i), 0);
                 ck_assert_int_eq(log_value(&s, "fd-pidfd", "w", i), 0);
-                ck_assert_int_eq(log_value(&s, "fd-socket", "w", i), 1);
+                ck_assert_int_eq(log_value(&s, "fd-socket", "w", i), 2);
         }
         ck_assert_int_eq(log_value(&s, "fd-epoll", "e", 0), 1);
-        ck_assert_int_eq(log_value(&s, "fd-pipe", "e", 0), 1);
+        ck_assert_int_eq(log_value(&s, "fd-pipe", "e", 0), 0);
         ck_assert_int_eq(log_value(&s, "fd-pidfd", "e", 0), 0);
-        ck_assert_int_eq(log_value(&s, "fd-socket", "e", 0), 0);
+        ck_assert_int_eq(log_value(&s, "fd-socket", "e", 0), 1);
         /* The children are tracked the way the fork module's own probe finds
          * (the server inherits this process's kernel, filter and environment),
          * unless --no-pidfd forces the fallback.  Under run-nopidfd.sh the probe

@@ -149,6 +149,13 @@ struct aiot_server_config {
                                            that no longer uses its argv strings. */
         int blocking_threads;           /* threads of each process's blocking pool (aiot_run_blocking(3));
                                            0: the default, 4 */
+        const char *control;            /* the path of a control socket (aiotools-serve ctl), or NULL:
+                                           none; mode 0600, or 0660 with control_group */
+        const char *control_group;      /* a group whose members may use it too, or NULL */
+        const char *metrics;            /* an address (aiot_listen_parse(3)) for an HTTP listener
+                                           serving GET /metrics and GET /healthz, or NULL */
+        double setup_timeout;           /* a process not ready within this many seconds failed its
+                                           setup; 0: 60; < 0: never */
 };
 
 /* Runs the server until it stops and returns the process exit status:

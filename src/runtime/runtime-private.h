@@ -156,6 +156,8 @@ struct aiot_task {
         size_t tag;             /* the index for gather / race / as_completed */
         void *stack_lo;
         size_t stack_size;
+        const char *name;       /* aiot_task_set_name(), or NULL */
+        uint64_t parked_at;     /* the loop's last poll when it parked (describe.c) */
 };
 
 struct aiot_scope {
@@ -410,6 +412,7 @@ AIOT_INLINE int park_intr_checked(aiot_loop *l, aiot_task *t, aiot__unpark_fn un
         t->unpark = unpark;
         t->unpark_arg = arg;
         t->parked_intr = 1;
+        t->parked_at = l->last_poll_ns;
         t->state = AIOT__T_PARKED;
         task_suspend(l, t);
         return t->wake_rc;

@@ -157,6 +157,14 @@ void aiot__loop_ext_set(aiot_loop *l, int ext, void *data, aiot__ext_destroy_fn 
 typedef void (*aiot__unpark_fn)(aiot_task *t, void *arg);
 int aiot__park(aiot__unpark_fn unpark, void *arg);
 int aiot__park_checked(aiot__unpark_fn unpark, void *arg);
+/* describe.c: what a parked task waits for is read from the unpark hook it
+ * parked with; the files that park (task.c, sync.c, io.c) register theirs
+ * (from a constructor) with a function that fills in the wait fields. */
+struct aiot_task_info;
+typedef void (*aiot__wait_info_fn)(const aiot_task *t, void *unpark_arg, struct aiot_task_info *ti);
+void aiot__wait_kind_register(aiot__unpark_fn unpark, aiot__wait_info_fn info);
+/* The live tasks of l (a walk of the tree: for a periodic figure, not a hot path). */
+size_t aiot__loop_task_count(aiot_loop *l);
 int aiot__park_nointr(void);
 int aiot__wake(aiot_task *t, int rc);
 

@@ -10,6 +10,7 @@
  * forwarded to every ready process.  Everything here changes processes only
  * through aiot__proc_transition(). */
 #define AIOT__SUPERVISOR_SIDE
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -122,7 +123,9 @@ static void reload_done(struct server *srv)
 
         srv->gen = srv->new_gen;
         srv->new_gen = 0;
+        srv->reloads_done++;
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u ready, stopping generation %u", srv->gen, old);
+        aiot__control_reload_ended(srv, srv->gen, NULL);
         stop_generation_if(srv, older_than, srv->gen);
         aiot__status_text(srv, status, sizeof(status));
         aiot__notify(srv, AIOT__SD_READY, status);
@@ -137,7 +140,9 @@ void aiot__reload_fail(struct server *srv, const char *why)
         char status[384], st[96];
 
         srv->new_gen = 0;
+        srv->reloads_failed++;
         aiot_log(AIOT_LOG_ERR, "reload failed: %s; generation %u keeps serving", why, srv->gen);
+        aiot__control_reload_ended(srv, failed, why);
         stop_generation_if(srv, of_gen, failed);
         aiot__status_text(srv, st, sizeof(st));
         snprintf(status, sizeof(status), "reload failed: %s; %s", why, st);
@@ -159,6 +164,7 @@ static void reload_start(struct server *srv)
         if (srv->state != SRV_RUNNING)
                 return;
         gen = srv->new_gen = ++srv->next_gen;
+        aiot__control_reload_started(srv, gen);
         aiot_log(AIOT_LOG_NOTICE, "SIGHUP received, reloading: starting generation %u", gen);
         snprintf(status, sizeof(status), "reloading: starting generation %u", gen);
         aiot__notify(srv, AIOT__SD_RELOADING, status);
@@ -264,7 +270,10 @@ void aiot__gen_proc_ready(struct proc *p, bool again)
 
 /* ---------------------------------------------------------------- control signals */
 
-static void scale_up(struct server *srv)
+/* "SIGTTIN received: adding ...", "ctl scale: adding ..." */
+#define SIG_SUFFIX(cause) (strncmp(cause, "SIG", 3) == 0 ? " received" : "")
+
+static void scale_up(struct server *srv, const char *cause)
 {
         unsigned gen = srv->new_gen ? srv->new_gen : srv->gen;
         int index;
@@ -272,20 +281,21 @@ static void scale_up(struct server *srv)
         struct proc *p;
 
         if (n >= MAX_WORKERS || index >= MAX_WORKERS) {
-                aiot_log(AIOT_LOG_WARNING, "SIGTTIN ignored: at most %d workers", MAX_WORKERS);
+                aiot_log(AIOT_LOG_WARNING, "%s ignored: at most %d workers", cause, MAX_WORKERS);
                 return;
         }
         p = aiot__proc_new(srv, AIOT_WORKER, index, gen, srv->worker_fn);
         if (!p) {
-                aiot_log(AIOT_LOG_ERR, "SIGTTIN: out of memory");
+                aiot_log(AIOT_LOG_ERR, "%s: out of memory", cause);
                 return;
         }
         srv->n_workers = n + 1;
-        aiot_log(AIOT_LOG_NOTICE, "SIGTTIN received: adding worker %d (%zu workers)", index, srv->n_workers);
+        aiot_log(AIOT_LOG_NOTICE, "%s%s: adding worker %d (%zu workers)", cause, SIG_SUFFIX(cause), index,
+                 srv->n_workers);
         aiot__proc_transition(p, PE_START, 0);
 }
 
-static void scale_down(struct server *srv)
+static void scale_down(struct server *srv, const char *cause)
 {
         unsigned gen = srv->new_gen ? srv->new_gen : srv->gen;
         struct proc *p;
@@ -293,11 +303,11 @@ static void scale_down(struct server *srv)
         char status[96];
 
         if (n <= 1 || !p) {
-                aiot_log(AIOT_LOG_WARNING, "SIGTTOU ignored: at least one worker must run");
+                aiot_log(AIOT_LOG_WARNING, "%s ignored: at least one worker must run", cause);
                 return;
         }
         srv->n_workers = n - 1;
-        aiot_log(AIOT_LOG_NOTICE, "SIGTTOU received: stopping worker %d (%zu workers)", p->index,
+        aiot_log(AIOT_LOG_NOTICE, "%s%s: stopping worker %d (%zu workers)", cause, SIG_SUFFIX(cause), p->index,
                  srv->n_workers);
         if (p->replaced_by)
                 aiot__proc_transition(p->replaced_by, PE_STOP, aiot__graceful_signal(srv));
@@ -333,13 +343,50 @@ void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
                 reload_start(srv);
                 break;
         case SIGTTIN:
-                scale_up(srv);
+                scale_up(srv, "SIGTTIN");
                 break;
         case SIGTTOU:
-                scale_down(srv);
+                scale_down(srv, "SIGTTOU");
                 break;
         default:
                 forward_signal(srv, w->signum);
                 break;
         }
+}
+
+/* ---------------------------------------------------------------- the control socket */
+
+/* `ctl reload`: 0 started (or queued behind the start or a reload under way),
+ * -EBUSY when the server is stopping. */
+int aiot__reload_request(struct server *srv)
+{
+        aiot__proc_sweep(srv);
+        if (srv->state != SRV_STARTING && srv->state != SRV_RUNNING)
+                return -EBUSY;
+        reload_start(srv);
+        return 0;
+}
+
+/* `ctl scale N`: workers of the newest generation are added or stopped one at
+ * a time, as TTIN and TTOU do.  Returns 0, -EBUSY (not running), -ERANGE. */
+int aiot__scale_to(struct server *srv, size_t n)
+{
+        unsigned gen;
+
+        aiot__proc_sweep(srv);
+        if (srv->state != SRV_RUNNING)
+                return -EBUSY;
+        if (n < 1 || n > MAX_WORKERS)
+                return -ERANGE;
+        gen = srv->new_gen ? srv->new_gen : srv->gen;
+        while (srv->state == SRV_RUNNING && aiot__gen_workers(srv, gen, NULL, NULL) < n) {
+                size_t before = aiot__gen_workers(srv, gen, NULL, NULL);
+
+                scale_up(srv, "ctl scale");
+                if (aiot__gen_workers(srv, gen, NULL, NULL) <= before)
+                        return -EAGAIN;
+        }
+        while (srv->state == SRV_RUNNING && aiot__gen_workers(srv, gen, NULL, NULL) > n)
+                scale_down(srv, "ctl scale");
+        return 0;
 }

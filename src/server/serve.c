@@ -52,6 +52,7 @@
 #include "aiotools/scope.h"
 #include "conn-internal.h"
 #include "macro.h"
+#include "server-internal.h" /* the status counters (wstat.c) */
 
 #define DEFAULT_MAX_CONNECTIONS 10000
 #define DEFAULT_IDLE_TIMEOUT 60.0
@@ -184,6 +185,7 @@ static void conn_close(aiot_conn *c)
         ev_io_stop(srv->ev, &c->io);
         list_unlink(srv, c);
         aiot__conn_free(c);
+        aiot__stat_conn(srv->w, -1);
         srv->n_conns--;
         if (srv->n_conns < srv->o.max_connections)
                 aiot_event_set(srv->room);
@@ -313,6 +315,7 @@ static int conn_task(void *arg)
 
                 aiot_deadline_begin(&d, srv->o.request_timeout);
                 r = srv->o.handler(c, srv->o.arg);
+                aiot__stat_request(srv->w);
                 keep = r == AIOT_CONN_KEEP && !c->eof && !srv->closing;
                 more = keep && aiot__conn_buffered(c) > 0;
                 if (r >= 0 && !more) {
@@ -407,6 +410,7 @@ static void conn_open(struct aiot__serve *srv, unsigned short listener, int fd)
                 return;
         }
         srv->n_conns++;
+        aiot__stat_conn(srv->w, +1);
         if (srv->n_conns >= srv->o.max_connections)
                 aiot_event_clear(srv->room);
         if (!srv->o.server_first) {
@@ -452,6 +456,7 @@ static int accept_loop(void *arg)
         struct acceptor *a = arg;
         struct aiot__serve *srv = a->srv;
 
+        aiot_task_set_name(aiot_current(), aiot__accept_name(srv->w, a->lfd));
         for (;;) {
                 int fd;
 
@@ -506,7 +511,7 @@ static int opts_resolve(const struct aiot_serve_opts *in, struct aiot__serve *sr
         srv->o.write_timeout = timeout_or(srv->o.write_timeout, DEFAULT_WRITE_TIMEOUT);
         aiot__return_if(isnan(srv->o.stop_grace), -EINVAL);
         srv->o.stop_grace = timeout_or(srv->o.stop_grace, DEFAULT_STOP_GRACE);
-        srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size};
+        srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size, .name = "conn"};
         return 0;
 }
 

@@ -256,13 +256,19 @@ static void conn_linger(aiot_conn *c)
         list_append(srv, c);
 }
 
+/* Whether bytes wait in c's socket that neither libev nor we have seen. */
+static bool conn_has_input(const aiot_conn *c)
+{
+        int pending = 0;
+
+        return ioctl(c->fd, FIONREAD, &pending) == 0 && pending > 0;
+}
+
 /* Whether closing c now could reset it: bytes it sent are unread (buffered,
  * or still in the socket). */
 static bool conn_unread(const aiot_conn *c)
 {
-        int pending = 0;
-
-        return aiot__conn_buffered(c) > 0 || (ioctl(c->fd, FIONREAD, &pending) == 0 && pending > 0);
+        return aiot__conn_buffered(c) > 0 || conn_has_input(c);
 }
 
 /* The end of a handler's connection: r is its last result.  A connection cut
@@ -290,15 +296,6 @@ static void conn_start(aiot_conn *c)
         }
 }
 
-/* Whether bytes (or EOF) wait on a watched connection that libev has not
- * reported yet: closing it would drop a request that already arrived. */
-static bool conn_has_input(const aiot_conn *c)
-{
-        char b;
-        ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-
-        return n > 0;
-}
 
 /* Runs the handler while there is something to serve; see the file comment.
  * The answers to pipelined messages gather in the write buffer and go out

@@ -575,7 +575,7 @@ int aiot__stack_get(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
 
 /* What put and release share: valgrind and ASan forget the stack; an odd one
  * is unmapped (returns 1), one of the pool's is left to the caller (0). */
-static int stack_return(aiot__stack_pool *p, void *lo, size_t usable)
+static inline __attribute__((always_inline)) int stack_return(aiot__stack_pool *p, void *lo, size_t usable)
 {
         struct stack_hdr *h = (struct stack_hdr *)((char *)lo + usable);
 
@@ -595,7 +595,7 @@ static int stack_return(aiot__stack_pool *p, void *lo, size_t usable)
         return 0;
 }
 
-static void free_push(aiot__stack_pool *p, struct stack_hdr *h)
+static inline void free_push(aiot__stack_pool *p, struct stack_hdr *h)
 {
         h->next = p->free;
         p->free = h;

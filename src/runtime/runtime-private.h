@@ -95,6 +95,7 @@ struct aiot_loop {
         size_t n_free, free_max;
         size_t n_free_low; /* n_free's lowest since the last trim (trim.c) */
         ev_timer trim;     /* trim.c's pass, active while there is something to trim */
+        size_t trim_freed; /* task structs trim.c freed in its current run of passes */
         struct heap_ent *heap; /* 1-based binary heap */
         size_t heap_n, heap_cap;
         uint64_t heap_seq;

@@ -15,10 +15,13 @@
  * stack.h) and are handed out again before fresh ones.  Nothing here runs on
  * the spawn / join path: the watermark is one compare there.
  *
- * A pass releases at most TRIM_BATCH entries (one madvise(2) each, some
- * microseconds), so that the loop never stalls for long; the next pass then
- * follows at once.  The freed task structs sit in malloc's free lists, so after
- * a pass that freed many, glibc is asked to give the free pages back as well. */
+ * A pass releases at most TRIM_BATCH entries, so that the loop never stalls for
+ * long: one madvise(2) each, 2-10 us in a loaded VM with the refault of two
+ * pages costing as much again (MADV_FREE costs about half, but its pages stay
+ * in the process's private bytes until the kernel is short of memory); the
+ * next pass follows after TRIM_AGAIN.  The freed task structs sit in malloc's
+ * free lists, so when a run of passes that freed many ends, glibc is asked to
+ * give the free pages back as well (malloc_trim walks the whole heap: once). */
 #include <stdlib.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -29,11 +32,11 @@
 #include "runtime-private.h"
 
 #define TRIM_KEEP 64      /* warm entries each list keeps however idle */
-#define TRIM_BATCH 4096   /* entries released per pass at most */
+#define TRIM_BATCH 256    /* entries released per pass at most */
 #define TRIM_PERIOD 1.0   /* seconds between passes */
-#define TRIM_AGAIN 0.02   /* ... after a pass that hit TRIM_BATCH */
-/* Freeing this many task structs (200 bytes each) in a pass is worth asking
- * malloc to give its free pages back: glibc keeps them otherwise. */
+#define TRIM_AGAIN 0.01   /* ... after a pass that hit TRIM_BATCH */
+/* Freeing this many task structs (200 bytes each) is worth asking malloc to
+ * give its free pages back once trimming is over: glibc keeps them otherwise. */
 #define TRIM_MALLOC_AFTER 256
 
 /* Frees recycled task structs below the first TRIM_KEEP, releasing their
@@ -81,14 +84,18 @@ static void trim_pass(struct ev_loop *ev, ev_timer *w, int revents)
         /* libev has stopped the one-shot timer: undo trim_start()'s unref. */
         ev_ref(ev);
         done = trim_tasks(l, TRIM_BATCH);
-#ifdef __GLIBC__
-        if (done >= TRIM_MALLOC_AFTER)
-                (void)malloc_trim(0);
-#endif
+        l->trim_freed += done;
         if (done < TRIM_BATCH)
                 done += aiot__stack_pool_trim(l->pool, TRIM_KEEP, TRIM_BATCH - done);
-        if (done == TRIM_BATCH)
+        if (done == TRIM_BATCH) {
                 trim_start(l, TRIM_AGAIN);
+                return;
+        }
+#ifdef __GLIBC__
+        if (l->trim_freed >= TRIM_MALLOC_AFTER)
+                (void)malloc_trim(0);
+#endif
+        l->trim_freed = 0;
         /* Otherwise aiot__trim_check() starts the next interval if there is
          * still more than TRIM_KEEP to watch. */
 }

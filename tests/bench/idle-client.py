@@ -73,9 +73,10 @@ def main():
     time.sleep(0.2)
     for s in held:
         s.sendall(REQ)
-    for s in held:
-        if not s.recv(4096).startswith(b"HTTP/1.1 200"):
-            sys.exit("idle-client: a held connection got a bad answer")
+    for i, s in enumerate(held):
+        data = s.recv(4096)
+        if not data.startswith(b"HTTP/1.1 200"):
+            sys.exit(f"idle-client: held connection {i} of {n} got {data[:40]!r}")
     time.sleep(settle)
     after = private_bytes(pid)
     pte_after = page_table_bytes(pid)

@@ -1729,6 +1729,72 @@ START_TEST(test_deadlock_sleeps_without_spinning)
 }
 END_TEST
 
+/* ---- trim.c */
+
+#define TRIM_TASKS 2000
+#define TOUCHED (TRIM_TASKS * 16L * 1024) /* stack bytes the burst touches */
+
+static long rss_bytes(void)
+{
+        long pages = 0, resident = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_eq(fscanf(f, "%ld %ld", &pages, &resident), 2);
+        fclose(f);
+        return resident * sysconf(_SC_PAGESIZE);
+}
+
+static int touch_and_park(void *arg)
+{
+        volatile char frame[16 * 1024];
+
+        memset((char *)frame, 1, sizeof(frame));
+        return aiot_event_wait(arg) + frame[100] - 1;
+}
+
+/* After a burst of 2000 tasks that each touched 16 KiB of stack, the loop gives
+ * that memory back within a few seconds of idling, without any call. */
+static int burst_then_idle_main(void *arg)
+{
+        aiot_event *ev = NULL;
+        aiot_scope *s = open_scope();
+        long base, peak, now = 0;
+        double t0;
+
+        (void)arg;
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        base = rss_bytes();
+        for (int i = 0; i < TRIM_TASKS; i++)
+                ck_assert_int_eq(aiot_spawn(s, touch_and_park, ev, NULL), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        aiot_event_set(ev);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        peak = rss_bytes();
+        ck_assert_int_gt(peak - base, TOUCHED);
+        /* Given back within two trim intervals (1 s each); 20 s is the margin.
+         * Measured as what went back rather than what is left: under ASan the
+         * stacks' shadow memory stays. */
+        t0 = wall();
+        while (wall() - t0 < 20) {
+                ck_assert_int_eq(aiot_sleep(0.1), 0);
+                now = rss_bytes();
+                if (peak - now > TOUCHED / 2)
+                        break;
+        }
+        ck_assert_msg(peak - now > TOUCHED / 2, "RSS %ld above the start after the burst, %ld at its peak",
+                      now - base, peak - base);
+        ck_assert_double_gt(wall() - t0, 0.5); /* not at once: only what stayed unused */
+        aiot_event_free(ev);
+        return 0;
+}
+
+START_TEST(test_idle_loop_gives_burst_stacks_back)
+{
+        ck_assert_int_eq(run(burst_then_idle_main, NULL, 0), 0);
+}
+END_TEST
+
 /* One case per area of the runtime, named after its file (src/runtime/), so
  * that CK_RUN_CASE=cancel runs the cancellation tests alone. */
 static TCase *area_case(Suite *s, const char *name)
@@ -1980,6 +2046,9 @@ static Suite *task_suite(void)
         tcase_add_test(tc, test_deadline_expires_during_close);
         tcase_add_test(tc, test_return_inside_deadline_with_scope_open);
         tcase_add_test(tc, test_on_error_leftovers_cleaned_up);
+
+        tc = area_case(s, "trim");
+        tcase_add_test(tc, test_idle_loop_gives_burst_stacks_back);
 
         tc = area_case(s, "sync");
         tcase_add_test(tc, test_event_wakes_all_fifo);

@@ -150,6 +150,7 @@ static void poll_once(aiot_loop *l)
         l->since_poll = 0;
         l->poll_checks = 0;
         l->last_poll_ns = mono_ns();
+        aiot__trim_check(l);
         if (l->virtual_clock) {
                 ev_run(l->pub.ev, EVRUN_NOWAIT);
                 aiot__timers_fire(l, l->vnow);
@@ -274,6 +275,7 @@ void aiot_loop_free(aiot_loop *l)
                 if (l->pub.ext[i].destroy)
                         l->pub.ext[i].destroy(l, l->pub.ext[i].data);
         ev_timer_stop(l->pub.ev, &l->tw);
+        aiot__trim_stop(l);
         ev_loop_destroy(l->pub.ev);
         while (l->free_tasks) {
                 aiot_task *t = l->free_tasks;

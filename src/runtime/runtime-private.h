@@ -93,6 +93,9 @@ struct aiot_loop {
         aiot_task *root;
         aiot_task *free_tasks;
         size_t n_free, free_max;
+        size_t n_free_low; /* n_free's lowest since the last trim (trim.c) */
+        ev_timer trim;     /* trim.c's pass, active while there is something to trim */
+        size_t trim_freed; /* task structs trim.c freed in its current run of passes */
         struct heap_ent *heap; /* 1-based binary heap */
         size_t heap_n, heap_cap;
         uint64_t heap_seq;
@@ -201,6 +204,10 @@ int aiot__task_spawn(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_siz
                                           *ret set on success only */
 void aiot__task_free(aiot_task *t);
 void aiot__interrupt(aiot_task *t, int rc);  /* a cancellation or deadline reaches t */
+
+/* trim.c: memory of ended tasks back to the kernel once they stay unused */
+void aiot__trim_check(aiot_loop *l); /* at each poll: starts the pass's timer when due */
+void aiot__trim_stop(aiot_loop *l);
 
 /* scope.c */
 void aiot__scope_child_report(aiot_task *t);     /* in the ending child (t->scope set),

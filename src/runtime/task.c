@@ -31,7 +31,8 @@ static aiot_task *task_alloc(aiot_loop *l)
 
         if (t) {
                 l->free_tasks = t->rq_next;
-                l->n_free--;
+                if (--l->n_free < l->n_free_low)
+                        l->n_free_low = l->n_free; /* see trim.c */
                 return t;
         }
         t = malloc(sizeof(*t));
@@ -42,8 +43,9 @@ static aiot_task *task_alloc(aiot_loop *l)
 
 /* Whether t may go on the free list with what it holds.  One with a stack of
  * the pool always may (unless recycling is off: free_max 0, under valgrind and
- * ASan): its stack would stay in the pool anyway, whose pages are never given
- * back, and the struct adds ~5 % to the page or more each stack keeps.  That
+ * ASan): its stack would stay in the pool anyway, and the struct adds ~5 % to
+ * the page or more each stack keeps; trim.c gives both back once they stay
+ * unused.  That
  * spares a free() and an aiot__stack_put() per task when many end at once
  * (cancel_and_wait of 10 000 parked tasks: 472 -> 350 instructions each).
  * Bare structs are kept up to free_max. */

@@ -18,6 +18,7 @@ enum opt_id {
         OPT_WORKERS, OPT_BIND, OPT_REUSEPORT, OPT_STOP_TIMEOUT, OPT_STOP_SIGNALS, OPT_USER, OPT_GROUP,
         OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_WORKER_TIMEOUT, OPT_LOG_LEVEL,
         OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_CHECK, OPT_HELP, OPT_VERSION,
+        OPT_CONFIG,
 };
 
 struct opt {
@@ -48,6 +49,7 @@ static const struct opt opts[] = {
         { "check", 0, 0, OPT_CHECK },
         { "help", 'h', 0, OPT_HELP },
         { "version", 'V', 0, OPT_VERSION },
+        { "config", 'c', 1, OPT_CONFIG },
 };
 
 static const struct {
@@ -295,6 +297,11 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
         case OPT_VERSION:
                 cfg->version = 1;
                 return 0;
+        case OPT_CONFIG:
+                if (!*val)
+                        return fail(err, errlen, "empty path for %s", display);
+                cfg->config = val;
+                return 0;
         }
         return fail(err, errlen, "internal error");
 }
@@ -393,6 +400,7 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
                 if (!a)
                         return fail(err, errlen, "internal error: NULL argument");
                 if (strcmp(a, "--") == 0) {
+                        cfg->dashdash = i;
                         i++;
                         break;
                 }
@@ -412,11 +420,23 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
         }
         cfg->module_argc = argc - i;
         cfg->module_argv = argv + i;
-        if (cfg->help || cfg->version)
+        if (cfg->help || cfg->version || cfg->config)
                 return 0;
+        return cli_validate(cfg, err, errlen);
+}
+
+int cli_validate(const struct cli_config *cfg, char *err, size_t errlen)
+{
         if (!cfg->module)
                 return fail(err, errlen, "no MODULE given (see --help)");
         if (cfg->reuseport && cfg->n_binds == 0)
                 return fail(err, errlen, "--reuseport needs at least one --bind address");
         return 0;
+}
+
+int cli_option_takes_value(const char *name)
+{
+        const struct opt *o = name ? find_long(name, strlen(name)) : NULL;
+
+        return o ? o->has_arg : -1;
 }

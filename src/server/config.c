@@ -199,6 +199,9 @@ int aiot__check_config(struct server *srv, const struct aiot_server_config *cfg)
         srv->reuseport = cfg->reuseport;
         srv->pidfile = cfg->pidfile;
         srv->proc_title = cfg->proc_title;
+        srv->reload_fn = cfg->reload;
+        srv->retired_fn = cfg->retired;
+        srv->reload_arg = cfg->reload_arg;
         if (srv->reuseport && cfg->n_binds == 0) {
                 aiot_log(AIOT_LOG_ERR, "reuseport needs at least one bind address");
                 return -EINVAL;

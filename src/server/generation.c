@@ -7,11 +7,21 @@
  * back (aiot__reload_fail(), from proc.c).  A recycled worker gets a replacement
  * record of its own generation and index in the same way.  SIGTTIN and
  * SIGTTOU add and remove a worker of the newest generation; SIGUSR1 is
- * forwarded to every ready process.  Everything here changes processes only
- * through aiot__proc_transition(). */
+ * forwarded to every ready process; SIGUSR2 and SIGWINCH are logged and
+ * otherwise ignored.  Everything here changes processes only through
+ * aiot__proc_transition().
+ *
+ * The config's reload hook (aiotools-serve loads the module afresh there)
+ * runs before a reload forks anything and may change what the new generation
+ * runs; the serving generation's settings are kept aside until the new one is
+ * ready, and put back if it fails.  Each generation is reported retired
+ * (the retired hook) once none of its processes is left. */
 #define AIOT__SUPERVISOR_SIDE
+#include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "aiotools/fork.h"
@@ -91,7 +101,118 @@ static bool of_gen(const struct proc *p, unsigned gen)
         return p->gen == gen;
 }
 
+/* ---------------------------------------------------------------- retirement */
+
+/* Remembers that gen has (or will have) processes, for its retirement. */
+int aiot__gen_open(struct server *srv, unsigned gen)
+{
+        if (srv->n_open_gens == srv->cap_open_gens) {
+                size_t cap = srv->cap_open_gens ? srv->cap_open_gens * 2 : 8;
+                unsigned *ng = realloc(srv->open_gens, cap * sizeof(*ng));
+
+                if (!ng)
+                        return -ENOMEM;
+                srv->open_gens = ng;
+                srv->cap_open_gens = cap;
+        }
+        srv->open_gens[srv->n_open_gens++] = gen;
+        return 0;
+}
+
+static bool gen_has_procs(const struct server *srv, unsigned gen)
+{
+        for (size_t i = 0; i < srv->n_procs; i++)
+                if (srv->procs[i]->gen == gen && srv->procs[i]->state != PROC_GONE)
+                        return true;
+        return false;
+}
+
+/* After a process went for good: every generation that is neither serving nor
+ * starting and has no process left is retired (reported once). */
+void aiot__gen_check_retired(struct server *srv)
+{
+        size_t k = 0;
+
+        for (size_t i = 0; i < srv->n_open_gens; i++) {
+                unsigned g = srv->open_gens[i];
+
+                if ((srv->state != SRV_STOPPING && (g == srv->gen || g == srv->new_gen)) ||
+                    gen_has_procs(srv, g)) {
+                        srv->open_gens[k++] = g;
+                        continue;
+                }
+                aiot_log(AIOT_LOG_DEBUG, "generation %u retired", g);
+                if (srv->retired_fn)
+                        srv->retired_fn(g, srv->reload_arg);
+        }
+        srv->n_open_gens = k;
+}
+
 /* ---------------------------------------------------------------- reload */
+
+/* What the running generation was started with, as a reload hook sees it. */
+static void reload_current(const struct server *srv, unsigned gen, struct aiot_server_reload *r)
+{
+        *r = (struct aiot_server_reload){
+                .size = sizeof(*r),
+                .gen = gen,
+                .workers = (int)srv->n_workers,
+                .worker = srv->worker_fn,
+                .extra = srv->extra_fns,
+                .n_extra = srv->n_extra,
+                .argc = srv->argc,
+                .argv = srv->argv,
+                .stop_timeout = srv->stop_timeout,
+                .restart_limit = srv->restart_limit,
+                .restart_window = srv->restart_window,
+        };
+}
+
+static void reload_apply(struct server *srv, const struct aiot_server_reload *r)
+{
+        srv->n_workers = (size_t)r->workers;
+        srv->worker_fn = r->worker;
+        srv->extra_fns = r->extra;
+        srv->n_extra = r->n_extra;
+        srv->argc = r->argc;
+        srv->argv = r->argv;
+        srv->stop_timeout = r->stop_timeout;
+        srv->restart_limit = r->restart_limit;
+        srv->restart_window = r->restart_window;
+}
+
+/* Runs the reload hook for generation gen.  Returns 0 (applied, the serving
+ * generation's settings saved), or -1 with the reason in why. */
+static int reload_hook(struct server *srv, unsigned gen, char *why, size_t len)
+{
+        struct aiot_server_reload r;
+        int rc;
+
+        if (!srv->reload_fn)
+                return 0;
+        reload_current(srv, gen, &r);
+        srv->serving = r;
+        rc = srv->reload_fn(&r, srv->reload_arg);
+        r.why[sizeof(r.why) - 1] = '\0';
+        if (rc < 0) {
+                snprintf(why, len, "%s", r.why[0] ? r.why : strerror(-rc));
+                return -1;
+        }
+        if (!r.worker || r.workers < 1 || r.workers > MAX_WORKERS || r.n_extra > MAX_WORKERS ||
+            (r.n_extra && !r.extra) || r.argc < 0 || r.restart_limit < 1 || !(r.restart_window > 0) ||
+            isnan(r.stop_timeout)) {
+                snprintf(why, len, "the reload hook gave an invalid configuration");
+                return -1;
+        }
+        for (size_t i = 0; i < r.n_extra; i++)
+                if (!r.extra[i]) {
+                        snprintf(why, len, "the reload hook gave extra process %zu no function", i);
+                        return -1;
+                }
+        reload_apply(srv, &r);
+        srv->reload_applied = true;
+        return 0;
+}
 
 static void reload_next(struct server *srv)
 {
@@ -122,6 +243,7 @@ static void reload_done(struct server *srv)
 
         srv->gen = srv->new_gen;
         srv->new_gen = 0;
+        srv->reload_applied = false;
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u ready, stopping generation %u", srv->gen, old);
         stop_generation_if(srv, older_than, srv->gen);
         aiot__status_text(srv, status, sizeof(status));
@@ -137,17 +259,22 @@ void aiot__reload_fail(struct server *srv, const char *why)
         char status[384], st[96];
 
         srv->new_gen = 0;
+        if (srv->reload_applied) {
+                reload_apply(srv, &srv->serving);
+                srv->reload_applied = false;
+        }
         aiot_log(AIOT_LOG_ERR, "reload failed: %s; generation %u keeps serving", why, srv->gen);
         stop_generation_if(srv, of_gen, failed);
         aiot__status_text(srv, st, sizeof(st));
         snprintf(status, sizeof(status), "reload failed: %s; %s", why, st);
         aiot__notify(srv, AIOT__SD_READY, status);
+        aiot__gen_check_retired(srv);
         reload_next(srv);
 }
 
 static void reload_start(struct server *srv)
 {
-        char status[64];
+        char status[64], why[300];
         unsigned gen;
 
         if (srv->state == SRV_STARTING || srv->new_gen) {
@@ -162,6 +289,14 @@ static void reload_start(struct server *srv)
         aiot_log(AIOT_LOG_NOTICE, "SIGHUP received, reloading: starting generation %u", gen);
         snprintf(status, sizeof(status), "reloading: starting generation %u", gen);
         aiot__notify(srv, AIOT__SD_RELOADING, status);
+        if (aiot__gen_open(srv, gen) < 0) {
+                aiot__reload_fail(srv, "out of memory");
+                return;
+        }
+        if (reload_hook(srv, gen, why, sizeof(why)) < 0) {
+                aiot__reload_fail(srv, why);
+                return;
+        }
         for (size_t i = 0; i < srv->n_workers + srv->n_extra && srv->new_gen == gen; i++) {
                 bool extra = i >= srv->n_workers;
                 struct proc *p = aiot__proc_new(srv, extra ? AIOT_EXTRA : AIOT_WORKER,
@@ -337,6 +472,11 @@ void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
                 break;
         case SIGTTOU:
                 scale_down(srv);
+                break;
+        case SIGUSR2:
+        case SIGWINCH:
+                aiot_log(AIOT_LOG_INFO, "SIG%s received: it has no use here, ignored",
+                         sigabbrev_np(w->signum) ?: "?");
                 break;
         default:
                 forward_signal(srv, w->signum);

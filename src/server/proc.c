@@ -523,6 +523,8 @@ void aiot__proc_transition(struct proc *p, enum proc_event ev, int arg)
         }
         if (st.next == PROC_READY)
                 aiot__gen_proc_ready(p, again);
-        if (st.next == PROC_GONE)
+        if (st.next == PROC_GONE) {
+                aiot__gen_check_retired(srv);
                 aiot__server_check_done(srv);
+        }
 }

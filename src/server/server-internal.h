@@ -32,7 +32,7 @@
 /* The signals the supervisor acts on besides the stop signals (when they are
  * not stop signals themselves).  Children ignore them, except SIGUSR1 while a
  * handler is registered (defined in supervisor.c). */
-#define N_CTL 4
+#define N_CTL 6
 extern const int aiot__ctl_signals[N_CTL];
 
 /* ---------------------------------------------------------------- the report pipe */
@@ -288,6 +288,17 @@ struct server {
 
         aiot_worker main;
         aiot_event *done_ev;
+
+        /* The reload hooks (generation.c), the serving generation's settings
+         * while a reload's new ones are applied, and the generations not yet
+         * reported retired. */
+        int (*reload_fn)(struct aiot_server_reload *r, void *arg);
+        void (*retired_fn)(unsigned gen, void *arg);
+        void *reload_arg;
+        struct aiot_server_reload serving;
+        bool reload_applied;
+        unsigned *open_gens;
+        size_t n_open_gens, cap_open_gens;
 };
 
 /* supervisor.c */
@@ -317,6 +328,8 @@ void aiot__gen_proc_ready(struct proc *p, bool again);
 void aiot__reload_fail(struct server *srv, const char *why);
 void aiot__recycle_start(struct proc *p);
 void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents);
+int aiot__gen_open(struct server *srv, unsigned gen);
+void aiot__gen_check_retired(struct server *srv);
 
 /* channel.c, the supervisor ends */
 int aiot__channel_open(struct proc *p, int *write_fd);

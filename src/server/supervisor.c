@@ -31,7 +31,10 @@
 #include "proctitle.h"
 #include "server-internal.h"
 
-const int aiot__ctl_signals[N_CTL] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1};
+/* SIGUSR2 and SIGWINCH have no use here: caught (and logged) rather than
+ * left to their default, so that a stray one (an upgrade signal meant for
+ * another server, a terminal resize) never kills the supervisor. */
+const int aiot__ctl_signals[N_CTL] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH};
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -187,6 +190,11 @@ static void start_cb(struct ev_loop *loop, ev_timer *w, int revents)
                 return;
         aiot__snapshot_keep(srv);
         srv->gen = srv->next_gen = 1;
+        if (aiot__gen_open(srv, 1) < 0) {
+                aiot_log(AIOT_LOG_ERR, "out of memory");
+                aiot__server_fail(srv);
+                return;
+        }
         for (size_t i = 0; i < srv->n_workers + srv->n_extra; i++) {
                 bool extra = i >= srv->n_workers;
 
@@ -310,6 +318,7 @@ static void server_free(struct server *srv)
         free(srv->entry_fds);
         free(srv->internal_fds);
         free(srv->keep_fds);
+        free(srv->open_gens);
 }
 
 /* The signal watchers, the liveness timer, the watchdog and the heartbeat page. */

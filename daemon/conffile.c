@@ -6,6 +6,7 @@
  * "--name=value" to cli_parse() alone, so that an error names FILE:LINE and
  * says what cli_parse() says about the value. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,11 @@ static int parse_line(const char *name, unsigned line, const char *b, const char
                         free(val);
                         return fail(err, errlen, name, line, f->module ? "a second" : "an empty", "module");
                 }
+                if (*val == '-') {
+                        fail(err, errlen, name, line, "a module path may not start with '-':", val);
+                        free(val);
+                        return -EINVAL;
+                }
                 f->module = val;
                 return 0;
         }
@@ -154,6 +160,10 @@ static int parse_line(const char *name, unsigned line, const char *b, const char
                         return fail(err, errlen, name, line, "expected yes or no for", key);
                 return on ? push(&f->opts, &f->n_opts, cat("--", key, "")) : 0;
         }
+        if (strcmp(key, "bind") == 0 && ++f->n_binds > CLI_MAX_BINDS) {
+                free(val);
+                return fail(err, errlen, name, line, "too many addresses, at most 64, for", key);
+        }
         r = push(&f->opts, &f->n_opts, cat("--", key, "="));
         if (r == 0) {
                 char *opt = cat(f->opts[f->n_opts - 1], val, "");
@@ -165,8 +175,6 @@ static int parse_line(const char *name, unsigned line, const char *b, const char
                         r = check_option(opt, name, line, err, errlen);
                 }
         }
-        if (strcmp(key, "bind") == 0)
-                f->has_bind = true;
         free(val);
         return r;
 }

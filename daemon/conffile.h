@@ -6,7 +6,6 @@
 #ifndef AIOT_SERVE_CONFFILE_H
 #define AIOT_SERVE_CONFFILE_H
 
-#include <stdbool.h>
 #include <stddef.h>
 
 #include "cli.h"
@@ -19,7 +18,7 @@ struct conf_file {
         char *module;   /* "module = PATH", or NULL */
         char **args;    /* "arg = VALUE" lines: the module's arguments */
         int n_args;
-        bool has_bind;
+        size_t n_binds; /* "bind" lines */
 };
 
 /* Parses the text of the file called name (for messages).  Returns 0, or

@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <link.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,7 @@ static char **dup_argv(int argc, char **argv)
  * config file merged with the command line), for generations first..last. */
 struct load {
         void *handle;                   /* NULL: it shares the start copy's code */
+        int fd;                         /* the memfd it was loaded from, or -1 */
         struct aiot_module module;      /* the fields its object does not hold zeroed */
         struct aiot_serve_opts opts;    /* the serving layer's limits, for a handler */
         struct cli_config cli;          /* strings point into merged, file and the argv copy */
@@ -174,6 +176,8 @@ static void load_free(struct load *l)
                 return;
         if (l->handle)
                 dlclose(l->handle);
+        if (l->fd >= 0)
+                close(l->fd);
         free(l->margv);
         free(l->merged);
         conffile_free(&l->file);
@@ -364,9 +368,15 @@ static int load_module_copy(const char *path, struct load *l, char *err, size_t 
                 return -1;
         }
         close(in);
+        /* dlopen() also matches a loaded object by its name: the fd stays open
+         * as long as the copy is loaded, so that no two live copies share a
+         * name. */
         snprintf(dlpath, sizeof(dlpath), "/proc/self/fd/%d", fd);
         r = load_module(path, dlpath, l, err, len);
-        close(fd); /* the mapping keeps the copy */
+        if (r < 0)
+                close(fd);
+        else
+                l->fd = fd;
         return r;
 }
 
@@ -499,7 +509,10 @@ static void load_maybe_free(size_t i)
         if (i == 0) {
                 if (l->handle)
                         dlclose(l->handle);
+                if (l->fd >= 0)
+                        close(l->fd);
                 l->handle = NULL;
+                l->fd = -1;
                 return;
         }
         load_free(l);
@@ -528,6 +541,7 @@ static int reload_cb(struct aiot_server_reload *r, void *arg)
         (void)arg;
         if (!l)
                 return say(r->why, sizeof(r->why), "out of memory"), -ENOMEM;
+        l->fd = -1;
         if (n_loads == MAX_LOADS) {
                 say(r->why, sizeof(r->why), "%d copies of the module are still loaded (old generations draining)",
                     MAX_LOADS);
@@ -590,6 +604,7 @@ static int serve(int argc, char **argv)
         l = loads[n_loads++] = calloc(1, sizeof(*l));
         if (!l)
                 return usage_error("out of memory");
+        l->fd = -1;
         if (load_settings(l, err, sizeof(err)) < 0)
                 return usage_error("%s", err);
         cli = &l->cli;

@@ -10,7 +10,10 @@
 #  c. a config edit changes the worker count at SIGHUP; a bad edit is refused
 #     with FILE:LINE and the bad value (log and STATUS=), 0 failed requests;
 #  d. SIGUSR2 and SIGWINCH under load kill nothing (same supervisor, same
-#     workers), 0 failed requests.
+#     workers), 0 failed requests;
+#  e. a SIGHUP storm while every generation holds idle connections (so each
+#     would drain for the drain timeout) never leaves more than the serving,
+#     one draining and the starting generation.
 # Prints "figure: NAME VALUE" lines and ok/FAIL per check.  Needs python3 and
 # a C compiler (skips without, fails with CI=true).
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
@@ -177,6 +180,44 @@ check "the supervisor lives after SIGUSR2/SIGWINCH" alive "$spid"
 check "the same workers serve on" test "$(live_children "$spid" | sort)" = "$workers"
 check "log: SIGUSR2 ignored" grep -q 'SIGUSR2 received: it has no use here, ignored' "$out"
 check "0 failed requests during SIGUSR2/SIGWINCH (${failed:-?}, ${answered:-0} answered)" test "${failed:-1}" = 0
+
+# ---- e. a SIGHUP storm with connections that keep every generation draining
+echo "# e. 8 SIGHUPs 0.3 s apart while idle keep-alive connections pile up on every generation"
+write_conf 2
+python3 - "$port" 5 > "$tmp/idle.out" 2>&1 <<'PY' &
+import socket, sys, time
+# Every 50 ms one more connection that asks once and then idles: each
+# generation holds some, so each drains until the drain timeout (10 s).
+port, secs, held = int(sys.argv[1]), float(sys.argv[2]), []
+end = time.monotonic() + secs
+while time.monotonic() < end:
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=2)
+        s.sendall(b"v\n")
+        s.recv(100)
+        held.append(s)
+    except OSError:
+        pass
+    time.sleep(0.05)
+print("held", len(held))
+PY
+ipid=$!
+track "$ipid"
+max=0
+for i in $(seq 8); do
+        kill -HUP "$spid"
+        for j in 1 2 3 4 5 6; do
+                n=$(live_children "$spid" | wc -l)
+                [ "$n" -gt "$max" ] && max=$n
+                sleep 0.05
+        done
+done
+wait "$ipid"
+echo "figure: storm_most_processes_seen $max (2 workers: serving + draining + starting <= 6)"
+echo "figure: storm_killed_lines $(grep -c 'still draining killed' "$out")"
+check "SIGHUP storm: never more than 3 generations of 2 workers ($max processes)" test "$max" -le 6
+check "SIGHUP storm: older draining generations were killed, with a log line" grep -q 'still draining killed (at most one draining generation)' "$out"
+check "SIGHUP storm: the supervisor serves on" test "$(ask_version)" = v8
 
 kill -TERM "$spid"
 wait_for 35 eval '! alive "$spid"'

@@ -15,7 +15,10 @@
  * runs before a reload forks anything and may change what the new generation
  * runs; the serving generation's settings are kept aside until the new one is
  * ready, and put back if it fails.  Each generation is reported retired
- * (the retired hook) once none of its processes is left. */
+ * (the retired hook) once none of its processes is left.  Once a reload is
+ * done, what still drains from before the generation it stops is killed, so
+ * that a SIGHUP storm leaves at most one draining generation beside the
+ * serving one. */
 #define AIOT__SUPERVISOR_SIDE
 #include <errno.h>
 #include <math.h>
@@ -236,6 +239,26 @@ static void server_all_ready(struct server *srv)
         reload_next(srv);
 }
 
+/* At most one draining generation per index: what still drains from before
+ * the generation that starts draining now is killed. */
+static void kill_older_draining(struct server *srv, unsigned draining)
+{
+        size_t n = 0;
+
+        for (size_t i = 0; i < srv->n_procs; i++) {
+                struct proc *p = srv->procs[i];
+
+                if (p->gen < draining && p->state == PROC_STOPPING) {
+                        aiot__proc_transition(p, PE_STOP_TIMEOUT, 1);
+                        n++;
+                }
+        }
+        if (n)
+                aiot_log(AIOT_LOG_WARNING,
+                         "reload: %zu process%s of generations before %u still draining killed "
+                         "(at most one draining generation)", n, n == 1 ? "" : "es", draining);
+}
+
 static void reload_done(struct server *srv)
 {
         unsigned old = srv->gen;
@@ -245,6 +268,7 @@ static void reload_done(struct server *srv)
         srv->new_gen = 0;
         srv->reload_applied = false;
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u ready, stopping generation %u", srv->gen, old);
+        kill_older_draining(srv, old);
         stop_generation_if(srv, older_than, srv->gen);
         aiot__status_text(srv, status, sizeof(status));
         aiot__notify(srv, AIOT__SD_READY, status);

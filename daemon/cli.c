@@ -18,7 +18,7 @@ enum opt_id {
         OPT_WORKERS, OPT_BIND, OPT_REUSEPORT, OPT_STOP_TIMEOUT, OPT_STOP_SIGNALS, OPT_USER, OPT_GROUP,
         OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_WORKER_TIMEOUT, OPT_LOG_LEVEL,
         OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_CHECK, OPT_HELP, OPT_VERSION,
-        OPT_CONFIG,
+        OPT_CONFIG, OPT_MAX_WORKER_LIFETIME, OPT_MAX_WORKER_LIFETIME_JITTER, OPT_MAX_WORKER_MEMORY,
 };
 
 struct opt {
@@ -50,6 +50,9 @@ static const struct opt opts[] = {
         { "help", 'h', 0, OPT_HELP },
         { "version", 'V', 0, OPT_VERSION },
         { "config", 'c', 1, OPT_CONFIG },
+        { "max-worker-lifetime", 0, 1, OPT_MAX_WORKER_LIFETIME },
+        { "max-worker-lifetime-jitter", 0, 1, OPT_MAX_WORKER_LIFETIME_JITTER },
+        { "max-worker-memory", 0, 1, OPT_MAX_WORKER_MEMORY },
 };
 
 static const struct {
@@ -165,6 +168,33 @@ static int parse_signal_list(const char *list, struct cli_config *cfg, char *err
                         return 0;
                 p = comma + 1;
         }
+}
+
+/* A size in bytes: digits with an optional K, M, G or T (powers of 1024), in
+ * [1, CLI_MAX_MEMORY]. */
+static int parse_size(const char *s, unsigned long long *out)
+{
+        static const char units[] = "KMGT";
+        unsigned long long v, mul = 1;
+        const char *u;
+        char *end;
+
+        if (!*s || *s < '0' || *s > '9')
+                return -EINVAL;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno)
+                return -EINVAL;
+        if (*end) {
+                u = strchr(units, end[0] & ~0x20);
+                if (!u || !*u || (end[1] && strcasecmp(end + 1, "iB") != 0 && strcasecmp(end + 1, "B") != 0))
+                        return -EINVAL;
+                mul = 1ULL << (10 * (u - units + 1));
+        }
+        if (v == 0 || v > CLI_MAX_MEMORY / mul)
+                return -EINVAL;
+        *out = v * mul;
+        return 0;
 }
 
 static int parse_restart_limit(const char *s, struct cli_config *cfg, char *err, size_t errlen)
@@ -296,6 +326,20 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
                 return 0;
         case OPT_VERSION:
                 cfg->version = 1;
+                return 0;
+        case OPT_MAX_WORKER_LIFETIME:
+        case OPT_MAX_WORKER_LIFETIME_JITTER:
+                if (parse_seconds(val, 86400.0 * 365, &d) < 0)
+                        return fail(err, errlen, "invalid %s '%s' for %s: expected seconds, 0 to 31536000",
+                                    o->id == OPT_MAX_WORKER_LIFETIME ? "lifetime" : "lifetime jitter", val,
+                                    display);
+                *(o->id == OPT_MAX_WORKER_LIFETIME ? &cfg->max_worker_lifetime : &cfg->max_worker_lifetime_jitter) =
+                        d;
+                return 0;
+        case OPT_MAX_WORKER_MEMORY:
+                if (parse_size(val, &cfg->max_worker_memory) < 0)
+                        return fail(err, errlen, "invalid memory size '%s' for %s: expected bytes with K, M, G or T, "
+                                    "e.g. 512M", val, display);
                 return 0;
         case OPT_CONFIG:
                 if (!*val)
@@ -431,6 +475,8 @@ int cli_validate(const struct cli_config *cfg, char *err, size_t errlen)
                 return fail(err, errlen, "no MODULE given (see --help)");
         if (cfg->reuseport && cfg->n_binds == 0)
                 return fail(err, errlen, "--reuseport needs at least one --bind address");
+        if (cfg->max_worker_lifetime_jitter > 0 && cfg->max_worker_lifetime == 0)
+                return fail(err, errlen, "--max-worker-lifetime-jitter needs --max-worker-lifetime");
         return 0;
 }
 

@@ -10,6 +10,7 @@
 #define CLI_MAX_BINDS 64
 #define CLI_MAX_SIGNALS 8
 #define CLI_MAX_CONNECTIONS 10000000
+#define CLI_MAX_MEMORY (1ULL << 50)
 
 struct cli_config {
         int workers;                    /* 0: online CPUs */
@@ -37,6 +38,9 @@ struct cli_config {
         char **module_argv;             /* points into argv; not NULL-terminated by us */
         int dashdash;                   /* the index of "--" in argv, or 0 */
         const char *config;             /* -c/--config FILE, or NULL */
+        double max_worker_lifetime;     /* seconds; 0: forever */
+        double max_worker_lifetime_jitter;
+        unsigned long long max_worker_memory; /* bytes of RSS; 0: no limit */
 };
 
 /* Parses argv (argv[0] is the program name) into *cfg.  Strings in *cfg point

@@ -55,6 +55,9 @@ static const char usage_text[] =
         "      --request-timeout=S  bound a handler run from its first byte (default 60; 0: none)\n"
         "      --drain-timeout=S    at a stop, let connections finish this long (default 10)\n"
         "      --write-timeout=S    cut off a peer that does not read for this long (default 60; 0: never)\n"
+        "      --max-worker-lifetime=S  replace a worker once it has served S seconds ...\n"
+        "      --max-worker-lifetime-jitter=J  ... plus up to J more, drawn per worker\n"
+        "      --max-worker-memory=SIZE  replace a worker whose resident memory exceeds SIZE (e.g. 512M)\n"
         "      --check              load and validate MODULE (and the addresses), then exit\n"
         "  -h, --help               show this help and exit\n"
         "  -V, --version            show the version and exit\n"
@@ -564,6 +567,9 @@ static int reload_cb(struct aiot_server_reload *r, void *arg)
         r->stop_timeout = l->cli.stop_timeout > 0 ? l->cli.stop_timeout : 1e-9;
         r->restart_limit = l->cli.restart_limit;
         r->restart_window = l->cli.restart_window;
+        r->max_lifetime = l->cli.max_worker_lifetime;
+        r->lifetime_jitter = l->cli.max_worker_lifetime_jitter;
+        r->max_rss = (size_t)l->cli.max_worker_memory;
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u runs module '%s' from %s (%d worker%s)", r->gen,
                  m->name ? m->name : "?", l->cli.module, r->workers, r->workers == 1 ? "" : "s");
         l->first = r->gen;
@@ -653,6 +659,9 @@ static int serve(int argc, char **argv)
         /* Every string in cfg points into the copy of argv or the loaded file. */
         cfg.proc_title = "aiotools-serve";
         cfg.reload = reload_cb;
+        cfg.max_lifetime = cli->max_worker_lifetime;
+        cfg.lifetime_jitter = cli->max_worker_lifetime_jitter;
+        cfg.max_rss = (size_t)cli->max_worker_memory;
         cfg.retired = retired_cb;
         aiot_log(AIOT_LOG_DEBUG, "module '%s' loaded from %s", m->name ? m->name : "?", cli->module);
         /* The copies stay loaded at exit: their code may still be referenced by atexit handlers. */

@@ -354,6 +354,44 @@ START_TEST(test_conf_bad_line)
 }
 END_TEST
 
+/* The recycling policies: lifetime, jitter and a memory size with its unit. */
+START_TEST(test_recycling_options)
+{
+        ck_assert_int_eq(parse("--max-worker-lifetime=3600", "--max-worker-lifetime-jitter=60.5",
+                               "--max-worker-memory=512M", "m.so", NULL),
+                         0);
+        ck_assert_double_eq(cfg.max_worker_lifetime, 3600);
+        ck_assert_double_eq(cfg.max_worker_lifetime_jitter, 60.5);
+        ck_assert_uint_eq(cfg.max_worker_memory, 512ULL << 20);
+        ck_assert_int_eq(parse("--max-worker-memory=4096", "m.so", NULL), 0);
+        ck_assert_uint_eq(cfg.max_worker_memory, 4096);
+        ck_assert_int_eq(parse("--max-worker-memory=2GiB", "m.so", NULL), 0);
+        ck_assert_uint_eq(cfg.max_worker_memory, 2ULL << 30);
+        ck_assert_int_eq(parse("--max-worker-memory=1kb", "m.so", NULL), 0);
+        ck_assert_uint_eq(cfg.max_worker_memory, 1024);
+        ck_assert_int_eq(parse("m.so", NULL), 0);
+        ck_assert(cfg.max_worker_lifetime == 0 && cfg.max_worker_memory == 0);
+        ck_assert_int_eq(parse("--max-worker-memory=12X", "m.so", NULL), -EINVAL);
+        ck_assert_str_eq(err, "invalid memory size '12X' for --max-worker-memory: expected bytes with K, M, G or T, "
+                              "e.g. 512M");
+        ck_assert_int_eq(parse("--max-worker-memory=0", "m.so", NULL), -EINVAL);
+        ck_assert_int_eq(parse("--max-worker-memory=-1M", "m.so", NULL), -EINVAL);
+        ck_assert_int_eq(parse("--max-worker-memory=2000000T", "m.so", NULL), -EINVAL);
+        ck_assert_int_eq(parse("--max-worker-lifetime=soon", "m.so", NULL), -EINVAL);
+        ck_assert_str_eq(err, "invalid lifetime 'soon' for --max-worker-lifetime: expected seconds, 0 to 31536000");
+        ck_assert_int_eq(parse("--max-worker-lifetime-jitter=5", "m.so", NULL), -EINVAL);
+        ck_assert_str_eq(err, "--max-worker-lifetime-jitter needs --max-worker-lifetime");
+        /* The file has them too. */
+        ck_assert_int_eq(parse_conf("max-worker-memory = 1G\nmax-worker-lifetime = 10\n", "-c", "f.conf", "m.so",
+                                    NULL),
+                         0);
+        ck_assert_uint_eq(cfg.max_worker_memory, 1ULL << 30);
+        ck_assert_int_eq(parse_conf("\nmax-worker-memory = lots\n", "-c", "f.conf", "m.so", NULL), -EINVAL);
+        ck_assert_str_eq(err, "f.conf:2: invalid memory size 'lots' for --max-worker-memory: expected bytes with K, M, "
+                              "G or T, e.g. 512M");
+}
+END_TEST
+
 /* What only the whole configuration can tell: a MODULE somewhere, --bind for --reuseport. */
 START_TEST(test_conf_whole)
 {
@@ -390,6 +428,7 @@ static Suite *cli_suite(void)
         tcase_add_test(tc, test_conf_command_line_wins);
         tcase_add_loop_test(tc, test_conf_bad_line, 0, (int)(sizeof(bad_conf) / sizeof(bad_conf[0])));
         tcase_add_test(tc, test_conf_whole);
+        tcase_add_test(tc, test_recycling_options);
         suite_add_tcase(s, tc);
         return s;
 }

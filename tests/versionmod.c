@@ -3,11 +3,15 @@
  * Each connection sends lines; every line gets "VERSION pid=P gen=G\n" back
  * and the connection is kept, except once the worker is stopping: then the
  * answer is "VERSION bye\n" and the connection is closed, so that a client
- * can tell a graceful close from a failure.  VERSION is a string given with
+ * can tell a graceful close from a failure.  "m N" makes the worker allocate
+ * and touch N MiB more (for --max-worker-memory) and answers "VERSION grew N
+ * pid=P".  VERSION is a string given with
  * -DVERSION='"v2"'; with -DFAIL_SETUP every worker's setup fails (a reload
  * whose new code cannot start). */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <aiotools.h>
@@ -15,6 +19,8 @@
 #ifndef VERSION
 #define VERSION "v0"
 #endif
+
+static char *volatile grown;
 
 static int answer(aiot_conn *c, void *arg)
 {
@@ -27,7 +33,18 @@ static int answer(aiot_conn *c, void *arg)
         (void)arg;
         if (n <= 0)
                 return (int)n;
-        if (bye)
+        if (n > 2 && line[0] == 'm' && line[1] == ' ') {
+                int mib = atoi(line + 2);
+                char *p = mib > 0 && mib <= 1024 ? malloc((size_t)mib << 20) : NULL;
+
+                /* Kept for the worker's life (where the compiler cannot drop
+                 * it): its resident memory grows. */
+                if (p) {
+                        memset(p, 1, (size_t)mib << 20);
+                        grown = p;
+                }
+                len = snprintf(out, sizeof(out), "%s grew %d pid=%d\n", VERSION, p ? mib : 0, (int)getpid());
+        } else if (bye)
                 len = snprintf(out, sizeof(out), "%s bye\n", VERSION);
         else
                 len = snprintf(out, sizeof(out), "%s pid=%d gen=%d\n", VERSION, (int)getpid(),

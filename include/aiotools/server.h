@@ -137,6 +137,9 @@ struct aiot_server_reload {
         double stop_timeout;            /* seconds before SIGKILL; < 0: none at all */
         int restart_limit;              /* >= 1 */
         double restart_window;          /* > 0 */
+        double max_lifetime;            /* as in struct aiot_server_config */
+        double lifetime_jitter;
+        size_t max_rss;
         char why[256];                  /* the reason, when the hook refuses */
 };
 
@@ -175,6 +178,14 @@ struct aiot_server_config {
          * none of them is left (the place to unload its code). */
         void (*retired)(unsigned gen, void *arg);
         void *reload_arg;               /* handed to both */
+        /* Recycling policies: a worker is replaced (ready-gated, as
+         * aiot_worker_recycle()) once it has served max_lifetime seconds
+         * plus a share of lifetime_jitter drawn for each one (0: forever),
+         * or once its resident memory, as the supervisor reads it, exceeds
+         * max_rss bytes (0: no limit). */
+        double max_lifetime;
+        double lifetime_jitter;
+        size_t max_rss;
 };
 
 /* Runs the server until it stops and returns the process exit status:

@@ -202,6 +202,14 @@ int aiot__check_config(struct server *srv, const struct aiot_server_config *cfg)
         srv->reload_fn = cfg->reload;
         srv->retired_fn = cfg->retired;
         srv->reload_arg = cfg->reload_arg;
+        if (!(cfg->max_lifetime >= 0) || !(cfg->lifetime_jitter >= 0) || isinf(cfg->max_lifetime) ||
+            isinf(cfg->lifetime_jitter)) {
+                aiot_log(AIOT_LOG_ERR, "invalid server configuration: bad worker lifetime");
+                return -EINVAL;
+        }
+        srv->max_lifetime = cfg->max_lifetime;
+        srv->lifetime_jitter = cfg->lifetime_jitter;
+        srv->max_rss = cfg->max_rss;
         if (srv->reuseport && cfg->n_binds == 0) {
                 aiot_log(AIOT_LOG_ERR, "reuseport needs at least one bind address");
                 return -EINVAL;

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "aiotools/fork.h"
 #include "aiotools/log.h"
@@ -168,6 +169,9 @@ static void reload_current(const struct server *srv, unsigned gen, struct aiot_s
                 .stop_timeout = srv->stop_timeout,
                 .restart_limit = srv->restart_limit,
                 .restart_window = srv->restart_window,
+                .max_lifetime = srv->max_lifetime,
+                .lifetime_jitter = srv->lifetime_jitter,
+                .max_rss = srv->max_rss,
         };
 }
 
@@ -182,6 +186,10 @@ static void reload_apply(struct server *srv, const struct aiot_server_reload *r)
         srv->stop_timeout = r->stop_timeout;
         srv->restart_limit = r->restart_limit;
         srv->restart_window = r->restart_window;
+        srv->max_lifetime = r->max_lifetime;
+        srv->lifetime_jitter = r->lifetime_jitter;
+        srv->max_rss = r->max_rss;
+        aiot__policy_start(srv);
 }
 
 /* Runs the reload hook for generation gen.  Returns 0 (applied, the serving
@@ -203,7 +211,8 @@ static int reload_hook(struct server *srv, unsigned gen, char *why, size_t len)
         }
         if (!r.worker || r.workers < 1 || r.workers > MAX_WORKERS || r.n_extra > MAX_WORKERS ||
             (r.n_extra && !r.extra) || r.argc < 0 || r.restart_limit < 1 || !(r.restart_window > 0) ||
-            isnan(r.stop_timeout)) {
+            isnan(r.stop_timeout) || !(r.max_lifetime >= 0) || !(r.lifetime_jitter >= 0) ||
+            isinf(r.max_lifetime) || isinf(r.lifetime_jitter)) {
                 snprintf(why, len, "the reload hook gave an invalid configuration");
                 return -1;
         }
@@ -389,6 +398,85 @@ static void recycle_done(struct proc *r)
         aiot__proc_transition(old, PE_STOP, aiot__graceful_signal(r->srv));
 }
 
+/* ---------------------------------------------------------------- recycling policies */
+
+/* A worker's resident memory in bytes, from /proc/PID/statm; 0 if unknown. */
+static size_t proc_rss(pid_t pid)
+{
+        char path[64];
+        unsigned long size, resident;
+        FILE *f;
+        int n;
+
+        snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+        f = fopen(path, "re");
+        if (!f)
+                return 0;
+        n = fscanf(f, "%lu %lu", &size, &resident);
+        fclose(f);
+        return n == 2 ? (size_t)resident * (size_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
+/* A worker the policies may replace now: ready, serving, not being replaced,
+ * and no reload or stop under way. */
+static bool policy_may_recycle(const struct server *srv, const struct proc *p)
+{
+        return srv->state == SRV_RUNNING && !srv->new_gen && p->kind == AIOT_WORKER && p->state == PROC_READY &&
+               p->gen == srv->gen && !p->replaced_by && !p->replaces && p->child;
+}
+
+static void policy_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        struct server *srv = w->data;
+        double now = aiot__now_mono();
+
+        for (size_t i = 0; i < srv->n_procs; i++) {
+                struct proc *p = srv->procs[i];
+                size_t rss;
+
+                if (!policy_may_recycle(srv, p))
+                        continue;
+                if (srv->max_lifetime > 0 && now - p->ready_at >= p->lifetime) {
+                        aiot_log(AIOT_LOG_NOTICE, "worker %d (pid %d) has served %.2f s, its lifetime: recycling it",
+                                 p->index, (int)p->pid, now - p->ready_at);
+                        aiot__recycle_start(p);
+                } else if (srv->max_rss > 0 && (rss = proc_rss(p->pid)) > srv->max_rss) {
+                        aiot_log(AIOT_LOG_NOTICE,
+                                 "worker %d (pid %d) uses %zu KiB, more than its memory limit of %zu KiB: "
+                                 "recycling it", p->index, (int)p->pid, rss >> 10, srv->max_rss >> 10);
+                        aiot__recycle_start(p);
+                }
+        }
+}
+
+/* The policy tick: a tenth of the lifetime, at most a second. */
+void aiot__policy_start(struct server *srv)
+{
+        double period = 1.0;
+
+        if (!srv->evl || (srv->max_lifetime <= 0 && srv->max_rss == 0))
+                return;
+        if (srv->max_lifetime > 0 && srv->max_lifetime / 10 < period)
+                period = srv->max_lifetime / 10 < 0.01 ? 0.01 : srv->max_lifetime / 10;
+        if (!srv->rand_seed)
+                srv->rand_seed = (unsigned)srv->pid ^ (unsigned)(aiot__now_mono() * 1e6);
+        if (ev_is_active(&srv->policy_w) && srv->policy_w.repeat == period)
+                return;
+        ev_timer_stop(srv->evl, &srv->policy_w);
+        ev_timer_init(&srv->policy_w, policy_cb, period, period);
+        srv->policy_w.data = srv;
+        ev_timer_start(srv->evl, &srv->policy_w);
+}
+
+/* This incarnation's lifetime: the limit plus its share of the jitter, so
+ * that workers started together are not all replaced at once. */
+static void draw_lifetime(struct server *srv, struct proc *p)
+{
+        double u = (double)rand_r(&srv->rand_seed) / ((double)RAND_MAX + 1.0);
+
+        p->lifetime = srv->max_lifetime + u * srv->lifetime_jitter;
+}
+
 /* ---------------------------------------------------------------- a process became ready */
 
 /* From aiot__proc_transition(), once p is READY: what that means for its
@@ -398,6 +486,7 @@ void aiot__gen_proc_ready(struct proc *p, bool again)
         struct server *srv = p->srv;
         char status[96];
 
+        draw_lifetime(srv, p);
         if (srv->state == SRV_STARTING) {
                 if (aiot__gen_ready(srv, srv->gen))
                         server_all_ready(srv);

@@ -206,6 +206,7 @@ struct proc {
         bool recycle_asked;
         struct proc *replaces, *replaced_by;
         double ready_at;
+        double lifetime; /* this incarnation's share of max_lifetime + jitter */
         double backoff; /* the delay of the next respawn */
         int beat;       /* index into srv->beats, or -1 */
         uint64_t beat_last;
@@ -297,6 +298,11 @@ struct server {
         void *reload_arg;
         struct aiot_server_reload serving;
         bool reload_applied;
+        /* The recycling policies (generation.c). */
+        double max_lifetime, lifetime_jitter;
+        size_t max_rss;
+        unsigned rand_seed;
+        ev_timer policy_w;
         unsigned *open_gens;
         size_t n_open_gens, cap_open_gens;
 };
@@ -329,6 +335,7 @@ void aiot__reload_fail(struct server *srv, const char *why);
 void aiot__recycle_start(struct proc *p);
 void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents);
 int aiot__gen_open(struct server *srv, unsigned gen);
+void aiot__policy_start(struct server *srv);
 void aiot__gen_check_retired(struct server *srv);
 
 /* channel.c, the supervisor ends */

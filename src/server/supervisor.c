@@ -86,6 +86,7 @@ void aiot__server_check_done(struct server *srv)
         ev_timer_stop(srv->evl, &srv->start_w);
         ev_timer_stop(srv->evl, &srv->live_w);
         ev_timer_stop(srv->evl, &srv->wd_w);
+        ev_timer_stop(srv->evl, &srv->policy_w);
         aiot_log(AIOT_LOG_INFO, "all processes have exited");
         aiot_event_set(srv->done_ev);
         if (!srv->loop)
@@ -303,6 +304,7 @@ static void server_free(struct server *srv)
                 ev_timer_stop(srv->evl, &srv->live_w);
                 ev_timer_stop(srv->evl, &srv->wd_w);
                 ev_timer_stop(srv->evl, &srv->start_w);
+                ev_timer_stop(srv->evl, &srv->policy_w);
                 aiot__notify_free(srv);
         }
         aiot__remove_pidfile(srv);
@@ -373,6 +375,7 @@ static void setup_watchers(struct server *srv)
                 ev_timer_start(srv->evl, &srv->wd_w);
         ev_timer_init(&srv->start_w, start_cb, 0., 0.);
         srv->start_w.data = srv;
+        aiot__policy_start(srv);
         aiot__notify_init(srv);
 }
 

@@ -205,6 +205,17 @@ int aiot__check_config(struct server *srv, const struct aiot_server_config *cfg)
         srv->control_path = cfg->control && *cfg->control ? cfg->control : NULL;
         srv->control_group = cfg->control_group;
         srv->metrics_addr = cfg->metrics;
+        srv->reload_fn = cfg->reload;
+        srv->retired_fn = cfg->retired;
+        srv->reload_arg = cfg->reload_arg;
+        if (!(cfg->max_lifetime >= 0) || !(cfg->lifetime_jitter >= 0) || isinf(cfg->max_lifetime) ||
+            isinf(cfg->lifetime_jitter)) {
+                aiot_log(AIOT_LOG_ERR, "invalid server configuration: bad worker lifetime");
+                return -EINVAL;
+        }
+        srv->max_lifetime = cfg->max_lifetime;
+        srv->lifetime_jitter = cfg->lifetime_jitter;
+        srv->max_rss = cfg->max_rss;
         if (srv->reuseport && cfg->n_binds == 0) {
                 aiot_log(AIOT_LOG_ERR, "reuseport needs at least one bind address");
                 return -EINVAL;

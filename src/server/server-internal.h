@@ -32,7 +32,7 @@
 /* The signals the supervisor acts on besides the stop signals (when they are
  * not stop signals themselves).  Children ignore them, except SIGUSR1 while a
  * handler is registered (defined in supervisor.c). */
-#define N_CTL 4
+#define N_CTL 6
 extern const int aiot__ctl_signals[N_CTL];
 
 /* ---------------------------------------------------------------- the report channel */
@@ -247,6 +247,7 @@ struct proc {
         bool recycle_asked;
         struct proc *replaces, *replaced_by;
         double ready_at;
+        double lifetime; /* this incarnation's share of max_lifetime + jitter */
         double backoff; /* the delay of the next respawn */
         int beat;       /* index into srv->beats, or -1 */
         uint64_t beat_last;
@@ -342,6 +343,21 @@ struct server {
         double started_at;
         unsigned reloads_done, reloads_failed;
         struct aiot__wstat *stats; /* BEAT_CELLS records beside beats, MAP_SHARED */
+        /* The reload hooks (generation.c), the serving generation's settings
+         * while a reload's new ones are applied, and the generations not yet
+         * reported retired. */
+        int (*reload_fn)(struct aiot_server_reload *r, void *arg);
+        void (*retired_fn)(unsigned gen, void *arg);
+        void *reload_arg;
+        struct aiot_server_reload serving;
+        bool reload_applied;
+        /* The recycling policies (generation.c). */
+        double max_lifetime, lifetime_jitter;
+        size_t max_rss;
+        unsigned rand_seed;
+        ev_timer policy_w;
+        unsigned *open_gens;
+        size_t n_open_gens, cap_open_gens;
 };
 
 /* supervisor.c */
@@ -375,6 +391,9 @@ void aiot__recycle_start(struct proc *p);
 void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents);
 int aiot__reload_request(struct server *srv);
 int aiot__scale_to(struct server *srv, size_t n);
+int aiot__gen_open(struct server *srv, unsigned gen);
+void aiot__policy_start(struct server *srv);
+void aiot__gen_check_retired(struct server *srv);
 
 /* channel.c, the supervisor ends */
 int aiot__channel_open(struct proc *p, int *write_fd);

@@ -33,7 +33,10 @@
 #include "proctitle.h"
 #include "server-internal.h"
 
-const int aiot__ctl_signals[N_CTL] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1};
+/* SIGUSR2 and SIGWINCH have no use here: caught (and logged) rather than
+ * left to their default, so that a stray one (an upgrade signal meant for
+ * another server, a terminal resize) never kills the supervisor. */
+const int aiot__ctl_signals[N_CTL] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH};
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -100,6 +103,7 @@ void aiot__server_check_done(struct server *srv)
         ev_timer_stop(srv->evl, &srv->start_w);
         ev_timer_stop(srv->evl, &srv->live_w);
         ev_timer_stop(srv->evl, &srv->wd_w);
+        ev_timer_stop(srv->evl, &srv->policy_w);
         aiot_log(AIOT_LOG_INFO, "all processes have exited");
         aiot_event_set(srv->done_ev);
         if (!srv->loop)
@@ -206,6 +210,11 @@ static void start_cb(struct ev_loop *loop, ev_timer *w, int revents)
                 return;
         aiot__snapshot_keep(srv);
         srv->gen = srv->next_gen = 1;
+        if (aiot__gen_open(srv, 1) < 0) {
+                aiot_log(AIOT_LOG_ERR, "out of memory");
+                aiot__server_fail(srv);
+                return;
+        }
         for (size_t i = 0; i < srv->n_workers + srv->n_extra; i++) {
                 bool extra = i >= srv->n_workers;
 
@@ -314,6 +323,7 @@ static void server_free(struct server *srv)
                 ev_timer_stop(srv->evl, &srv->live_w);
                 ev_timer_stop(srv->evl, &srv->wd_w);
                 ev_timer_stop(srv->evl, &srv->start_w);
+                ev_timer_stop(srv->evl, &srv->policy_w);
                 aiot__notify_free(srv);
         }
         aiot__control_close(srv);
@@ -330,6 +340,7 @@ static void server_free(struct server *srv)
         free(srv->entry_fds);
         free(srv->internal_fds);
         free(srv->keep_fds);
+        free(srv->open_gens);
 }
 
 /* The signal watchers, the liveness timer, the watchdog and the heartbeat page. */
@@ -385,6 +396,7 @@ static void setup_watchers(struct server *srv)
                 ev_timer_start(srv->evl, &srv->wd_w);
         ev_timer_init(&srv->start_w, start_cb, 0., 0.);
         srv->start_w.data = srv;
+        aiot__policy_start(srv);
         aiot__notify_init(srv);
 }
 

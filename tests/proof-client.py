@@ -26,11 +26,14 @@ closes a connection once it has been idle for the grace, so a client's long
 pause is where that close lands.  A client finds it before it sends (as an
 HTTP client checks a kept connection before reusing it): "closed_idle", then
 a new connection.
+SIGUSR1 ends the run early (the requests under way finish first): a test
+that paces itself on the server, not on a clock, sends it once done.
 Prints "key value" lines: sent answered lost lost_first refused closed_by_server
 closed_idle resets reconnects, and the first few errors as "# ..." lines.
 """
 import asyncio
 import random
+import signal
 import sys
 import time
 
@@ -38,10 +41,15 @@ REQ = b"GET / HTTP/1.1\r\nHost: proof\r\n\r\n"
 c = dict(sent=0, answered=0, lost=0, lost_first=0, refused=0, closed_by_server=0, closed_idle=0, resets=0,
          reconnects=0)
 errors = []
+end = [0.0]  # the run's deadline (monotonic); SIGUSR1 sets it to now
 
 
-async def one(port, deadline):
-    while time.monotonic() < deadline:
+def running():
+    return time.monotonic() < end[0]
+
+
+async def one(port):
+    while running():
         try:
             r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
         except (OSError, asyncio.TimeoutError):
@@ -51,7 +59,7 @@ async def one(port, deadline):
         c["reconnects"] += 1
         first = True
         try:
-            while time.monotonic() < deadline:
+            while running():
                 w.write(REQ)
                 c["sent"] += 1
                 try:
@@ -81,8 +89,8 @@ async def one(port, deadline):
             w.close()
 
 
-async def one_echo(port, deadline, k):
-    while time.monotonic() < deadline:
+async def one_echo(port, k):
+    while running():
         try:
             r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
         except (OSError, asyncio.TimeoutError):
@@ -92,7 +100,7 @@ async def one_echo(port, deadline, k):
         c["reconnects"] += 1
         first, n = True, 0
         try:
-            while time.monotonic() < deadline:
+            while running():
                 if r.at_eof():
                     c["closed_idle"] += 1
                     break
@@ -123,11 +131,12 @@ async def one_echo(port, deadline, k):
 async def main():
     port, secs, conns = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
     mode = sys.argv[4] if len(sys.argv) > 4 else "http"
-    deadline = time.monotonic() + secs
+    end[0] = time.monotonic() + secs
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: end.__setitem__(0, 0.0))
     if mode == "echo":
-        await asyncio.gather(*(one_echo(port, deadline, k) for k in range(conns)))
+        await asyncio.gather(*(one_echo(port, k) for k in range(conns)))
     else:
-        await asyncio.gather(*(one(port, deadline) for _ in range(conns)))
+        await asyncio.gather(*(one(port) for _ in range(conns)))
 
 
 asyncio.run(main())

@@ -184,6 +184,7 @@ check "0 failed requests during SIGUSR2/SIGWINCH (${failed:-?}, ${answered:-0} a
 # ---- e. a SIGHUP storm with connections that keep every generation draining
 echo "# e. 8 SIGHUPs 0.3 s apart while idle keep-alive connections pile up on every generation"
 write_conf 2
+ready_before=$(grep -c "reload: generation [0-9]* ready" "$out")
 python3 - "$port" 5 > "$tmp/idle.out" 2>&1 <<'PY' &
 import socket, sys, time
 # Every 50 ms one more connection that asks once and then idles: each
@@ -216,7 +217,12 @@ wait "$ipid"
 echo "figure: storm_most_processes_seen $max (2 workers: serving + draining + starting <= 6)"
 echo "figure: storm_killed_lines $(grep -c 'still draining killed' "$out")"
 check "SIGHUP storm: never more than 3 generations of 2 workers ($max processes)" test "$max" -le 6
-check "SIGHUP storm: older draining generations were killed, with a log line" grep -q 'still draining killed (at most one draining generation)' "$out"
+check "SIGHUP storm: a reload waits for the draining generation, with a log line" \
+        grep -q 'reload waits for generation [0-9]* to drain (at most one draining generation)' "$out"
+check "SIGHUP storm: no draining generation was killed" test "$(grep -c 'still draining killed' "$out")" = 0
+# The SIGHUPs that waited make one more reload, once the drain is over.
+check "SIGHUP storm: the reload that waited completes after the drain" \
+        wait_for 30 eval 'test "$(grep -c "reload: generation [0-9]* ready" "$out")" -ge $((ready_before + 2))'
 check "SIGHUP storm: the supervisor serves on" test "$(ask_version)" = v8
 
 kill -TERM "$spid"

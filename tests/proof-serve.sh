@@ -103,23 +103,25 @@ stop_server
 check "clean stop (exit $rc)" test "$rc" = 0
 
 # ---- c. ten reloads and a stop under keep-alive load
-# reload_run LABEL MODULE MODE: 16 keep-alive connections for 9 s; ten
-# reloads from 1 s on, one every 0.5 s, then the stop.
+# reload_run LABEL MODULE MODE: 16 keep-alive connections; ten reloads from
+# 1 s on, each once the one before is ready (a reload waits for the
+# generation before it to drain: at most one drains), then the stop.
 reload_run() {
-        local label=$1 module=$2 mode=$3 cpid gens
+        local label=$1 module=$2 mode=$3 cpid gens i
         echo "# c. $label: ten reloads and a stop under keep-alive load (proof-client.py $mode)"
         serve "$label" 2 "$module"
-        python3 "$src/tests/proof-client.py" "$port" 9 16 "$mode" > "$tmp/$label.client" 2>&1 &
+        python3 "$src/tests/proof-client.py" "$port" 120 16 "$mode" > "$tmp/$label.client" 2>&1 &
         cpid=$!
         track "$cpid"
         sleep 1
         for i in $(seq 10); do
                 kill -HUP "$spid"
-                sleep 0.5
+                wait_for 30 eval 'test "$(grep -c "reload: generation [0-9]* ready" "$out")" -ge $i'
+                sleep 0.3
         done
-        wait_for 30 eval 'test "$(grep -c "reload: generation [0-9]* ready" "$out")" -ge 10'
         sleep 0.5
         stop_server
+        kill -USR1 "$cpid"
         wait "$cpid"
         f=$tmp/$label.client
         sed -n "s/^\([a-z_]*\) \([0-9]*\)$/figure: ${label}_\1 \2/p" "$f"

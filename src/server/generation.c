@@ -15,10 +15,10 @@
  * runs before a reload forks anything and may change what the new generation
  * runs; the serving generation's settings are kept aside until the new one is
  * ready, and put back if it fails.  Each generation is reported retired
- * (the retired hook) once none of its processes is left.  Once a reload is
- * done, what still drains from before the generation it stops is killed, so
- * that a SIGHUP storm leaves at most one draining generation beside the
- * serving one. */
+ * (the retired hook) once none of its processes is left.  A reload asked
+ * while an older generation still drains waits until it has gone (its drain
+ * is bounded by the stop timeout), so that a SIGHUP storm leaves at most one
+ * draining generation beside the serving one and kills no connection. */
 #define AIOT__SUPERVISOR_SIDE
 #include <errno.h>
 #include <math.h>
@@ -33,6 +33,7 @@
 #include "server-internal.h"
 
 static void reload_start(struct server *srv);
+static void reload_next(struct server *srv);
 static void recycle_pending(struct server *srv);
 
 /* ---------------------------------------------------------------- counting */
@@ -150,6 +151,8 @@ void aiot__gen_check_retired(struct server *srv)
                         srv->retired_fn(g, srv->reload_arg);
         }
         srv->n_open_gens = k;
+        /* A reload that waited for a drain may start now. */
+        reload_next(srv);
 }
 
 /* ---------------------------------------------------------------- reload */
@@ -226,9 +229,19 @@ static int reload_hook(struct server *srv, unsigned gen, char *why, size_t len)
         return 0;
 }
 
+/* A generation older than the serving one that still has processes (it
+ * drains), or 0. */
+static unsigned draining_gen(const struct server *srv)
+{
+        for (size_t i = 0; i < srv->n_procs; i++)
+                if (srv->procs[i]->gen < srv->gen && aiot__proc_live(srv->procs[i]))
+                        return srv->procs[i]->gen;
+        return 0;
+}
+
 static void reload_next(struct server *srv)
 {
-        if (srv->reload_pending && srv->state == SRV_RUNNING && !srv->new_gen) {
+        if (srv->reload_pending && srv->state == SRV_RUNNING && !srv->new_gen && !draining_gen(srv)) {
                 srv->reload_pending = false;
                 reload_start(srv);
         }
@@ -248,26 +261,6 @@ static void server_all_ready(struct server *srv)
         reload_next(srv);
 }
 
-/* At most one draining generation per index: what still drains from before
- * the generation that starts draining now is killed. */
-static void kill_older_draining(struct server *srv, unsigned draining)
-{
-        size_t n = 0;
-
-        for (size_t i = 0; i < srv->n_procs; i++) {
-                struct proc *p = srv->procs[i];
-
-                if (p->gen < draining && p->state == PROC_STOPPING) {
-                        aiot__proc_transition(p, PE_STOP_TIMEOUT, 1);
-                        n++;
-                }
-        }
-        if (n)
-                aiot_log(AIOT_LOG_WARNING,
-                         "reload: %zu process%s of generations before %u still draining killed "
-                         "(at most one draining generation)", n, n == 1 ? "" : "es", draining);
-}
-
 static void reload_done(struct server *srv)
 {
         unsigned old = srv->gen;
@@ -279,7 +272,6 @@ static void reload_done(struct server *srv)
         srv->reload_applied = false;
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u ready, stopping generation %u", srv->gen, old);
         aiot__control_reload_ended(srv, srv->gen, NULL);
-        kill_older_draining(srv, old);
         stop_generation_if(srv, older_than, srv->gen);
         aiot__status_text(srv, status, sizeof(status));
         aiot__notify(srv, AIOT__SD_READY, status);
@@ -322,6 +314,16 @@ static void reload_start(struct server *srv)
         }
         if (srv->state != SRV_RUNNING)
                 return;
+        /* At most one draining generation: a reload waits until the one
+         * before has gone (its drain, bounded by the stop timeout) rather
+         * than killing it with its connections. */
+        if (draining_gen(srv)) {
+                if (!srv->reload_pending)
+                        aiot_log(AIOT_LOG_NOTICE, "reload waits for generation %u to drain (at most one draining generation)",
+                                 draining_gen(srv));
+                srv->reload_pending = true;
+                return;
+        }
         gen = srv->new_gen = ++srv->next_gen;
         aiot__control_reload_started(srv, gen);
         aiot_log(AIOT_LOG_NOTICE, "SIGHUP received, reloading: starting generation %u", gen);

@@ -428,12 +428,8 @@ static void proc_stop(struct proc *p, int signo)
 
 static void proc_kill(struct proc *p, const char *what, double after)
 {
-        if (after < 0)
-                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) of generation %u %s; killing it",
-                         aiot__kind_name(p->kind), p->index, (int)p->pid, p->gen, what);
-        else
-                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) did not %s within %g s; killing it",
-                         aiot__kind_name(p->kind), p->index, (int)p->pid, what, after);
+        aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) did not %s within %g s; killing it",
+                 aiot__kind_name(p->kind), p->index, (int)p->pid, what, after);
         ev_timer_stop(p->srv->evl, &p->stop_timer);
         ev_timer_stop(p->srv->evl, &p->abort_timer);
         proc_signal(p, SIGKILL);
@@ -514,12 +510,8 @@ static void proc_decide(struct proc *p, enum proc_event ev, int arg, struct proc
                 }
                 return;
         case PE_STOP_TIMEOUT:
-                /* arg 1: a reload found it still draining behind a draining generation. */
                 if (s == PROC_STOPPING) {
-                        if (arg == 1)
-                                proc_kill(p, "was still draining when a newer generation was ready", -1);
-                        else
-                                proc_kill(p, "stop", srv->stop_timeout);
+                        proc_kill(p, "stop", srv->stop_timeout);
                         st->next = PROC_KILLING;
                 }
                 return;

@@ -67,6 +67,8 @@ static const char usage_text[] =
         "      --max-worker-lifetime=S  replace a worker once it has served S seconds ...\n"
         "      --max-worker-lifetime-jitter=J  ... plus up to J more, drawn per worker\n"
         "      --max-worker-memory=SIZE  replace a worker whose resident memory exceeds SIZE (e.g. 512M)\n"
+        "      --max-requests=N     replace a worker once it has served N requests ...\n"
+        "      --max-requests-jitter=J  ... plus up to J more, drawn per worker\n"
         "      --check              load and validate MODULE (and the addresses), then exit\n"
         "  -h, --help               show this help and exit\n"
         "  -V, --version            show the version and exit\n"
@@ -579,6 +581,8 @@ static int reload_cb(struct aiot_server_reload *r, void *arg)
         r->max_lifetime = l->cli.max_worker_lifetime;
         r->lifetime_jitter = l->cli.max_worker_lifetime_jitter;
         r->max_rss = (size_t)l->cli.max_worker_memory;
+        r->max_requests = l->cli.max_requests;
+        r->requests_jitter = l->cli.max_requests_jitter;
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u runs module '%s' from %s (%d worker%s)", r->gen,
                  m->name ? m->name : "?", l->cli.module, r->workers, r->workers == 1 ? "" : "s");
         l->first = r->gen;
@@ -676,6 +680,8 @@ static int serve(int argc, char **argv)
         cfg.max_lifetime = cli->max_worker_lifetime;
         cfg.lifetime_jitter = cli->max_worker_lifetime_jitter;
         cfg.max_rss = (size_t)cli->max_worker_memory;
+        cfg.max_requests = cli->max_requests;
+        cfg.requests_jitter = cli->max_requests_jitter;
         cfg.retired = retired_cb;
         aiot_log(AIOT_LOG_DEBUG, "module '%s' loaded from %s", m->name ? m->name : "?", cli->module);
         /* The copies stay loaded at exit: their code may still be referenced by atexit handlers. */

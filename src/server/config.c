@@ -216,6 +216,8 @@ int aiot__check_config(struct server *srv, const struct aiot_server_config *cfg)
         srv->max_lifetime = cfg->max_lifetime;
         srv->lifetime_jitter = cfg->lifetime_jitter;
         srv->max_rss = cfg->max_rss;
+        srv->max_requests = cfg->max_requests;
+        srv->requests_jitter = cfg->requests_jitter;
         if (srv->reuseport && cfg->n_binds == 0) {
                 aiot_log(AIOT_LOG_ERR, "reuseport needs at least one bind address");
                 return -EINVAL;

@@ -172,6 +172,8 @@ static void reload_current(const struct server *srv, unsigned gen, struct aiot_s
                 .max_lifetime = srv->max_lifetime,
                 .lifetime_jitter = srv->lifetime_jitter,
                 .max_rss = srv->max_rss,
+                .max_requests = srv->max_requests,
+                .requests_jitter = srv->requests_jitter,
         };
 }
 
@@ -189,6 +191,8 @@ static void reload_apply(struct server *srv, const struct aiot_server_reload *r)
         srv->max_lifetime = r->max_lifetime;
         srv->lifetime_jitter = r->lifetime_jitter;
         srv->max_rss = r->max_rss;
+        srv->max_requests = r->max_requests;
+        srv->requests_jitter = r->requests_jitter;
         aiot__policy_start(srv);
 }
 
@@ -422,6 +426,14 @@ static size_t proc_rss(pid_t pid)
         return n == 2 ? (size_t)resident * (size_t)sysconf(_SC_PAGESIZE) : 0;
 }
 
+/* The handler runs a worker's serving layer has counted in its status record. */
+static uint64_t proc_requests(const struct server *srv, const struct proc *p)
+{
+        if (p->beat < 0 || !srv->stats)
+                return 0;
+        return __atomic_load_n(&srv->stats[p->beat].requests, __ATOMIC_RELAXED);
+}
+
 /* A worker the policies may replace now: ready, serving, not being replaced,
  * and no reload or stop under way. */
 static bool policy_may_recycle(const struct server *srv, const struct proc *p)
@@ -445,6 +457,11 @@ static void policy_cb(struct ev_loop *loop, ev_timer *w, int revents)
                         aiot_log(AIOT_LOG_NOTICE, "worker %d (pid %d) has served %.2f s, its lifetime: recycling it",
                                  p->index, (int)p->pid, now - p->ready_at);
                         aiot__recycle_start(p);
+                } else if (p->request_limit > 0 && proc_requests(srv, p) >= p->request_limit) {
+                        aiot_log(AIOT_LOG_NOTICE, "worker %d (pid %d) has served %llu requests, its limit %llu: "
+                                 "recycling it", p->index, (int)p->pid, (unsigned long long)proc_requests(srv, p),
+                                 (unsigned long long)p->request_limit);
+                        aiot__recycle_start(p);
                 } else if (srv->max_rss > 0 && (rss = proc_rss(p->pid)) > srv->max_rss) {
                         aiot_log(AIOT_LOG_NOTICE,
                                  "worker %d (pid %d) uses %zu KiB, more than its memory limit of %zu KiB: "
@@ -454,12 +471,14 @@ static void policy_cb(struct ev_loop *loop, ev_timer *w, int revents)
         }
 }
 
-/* The policy tick: a tenth of the lifetime, at most a second. */
+/* The policy tick: a tenth of the lifetime, at most a second; a twentieth of a
+ * second with a request limit (a worker serves on while it is counted, so
+ * the tick bounds how far past its limit it goes). */
 void aiot__policy_start(struct server *srv)
 {
-        double period = 1.0;
+        double period = srv->max_requests ? 0.05 : 1.0;
 
-        if (!srv->evl || (srv->max_lifetime <= 0 && srv->max_rss == 0))
+        if (!srv->evl || (srv->max_lifetime <= 0 && srv->max_rss == 0 && srv->max_requests == 0))
                 return;
         if (srv->max_lifetime > 0 && srv->max_lifetime / 10 < period)
                 period = srv->max_lifetime / 10 < 0.01 ? 0.01 : srv->max_lifetime / 10;
@@ -473,13 +492,18 @@ void aiot__policy_start(struct server *srv)
         ev_timer_start(srv->evl, &srv->policy_w);
 }
 
-/* This incarnation's lifetime: the limit plus its share of the jitter, so
- * that workers started together are not all replaced at once. */
-static void draw_lifetime(struct server *srv, struct proc *p)
+/* This incarnation's lifetime and request limit: each limit plus its share
+ * of its jitter, so that workers started together are not all replaced at
+ * once. */
+static void draw_limits(struct server *srv, struct proc *p)
 {
         double u = (double)rand_r(&srv->rand_seed) / ((double)RAND_MAX + 1.0);
 
         p->lifetime = srv->max_lifetime + u * srv->lifetime_jitter;
+        u = (double)rand_r(&srv->rand_seed) / ((double)RAND_MAX + 1.0);
+        p->request_limit = srv->max_requests
+                                   ? srv->max_requests + (uint64_t)(u * ((double)srv->requests_jitter + 1.0))
+                                   : 0;
 }
 
 /* ---------------------------------------------------------------- a process became ready */
@@ -491,7 +515,7 @@ void aiot__gen_proc_ready(struct proc *p, bool again)
         struct server *srv = p->srv;
         char status[96];
 
-        draw_lifetime(srv, p);
+        draw_limits(srv, p);
         if (srv->state == SRV_STARTING) {
                 if (aiot__gen_ready(srv, srv->gen))
                         server_all_ready(srv);

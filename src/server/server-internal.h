@@ -248,6 +248,7 @@ struct proc {
         struct proc *replaces, *replaced_by;
         double ready_at;
         double lifetime; /* this incarnation's share of max_lifetime + jitter */
+        uint64_t request_limit; /* its share of max_requests + jitter; 0: none */
         double backoff; /* the delay of the next respawn */
         int beat;       /* index into srv->beats, or -1 */
         uint64_t beat_last;
@@ -354,6 +355,7 @@ struct server {
         /* The recycling policies (generation.c). */
         double max_lifetime, lifetime_jitter;
         size_t max_rss;
+        unsigned long max_requests, requests_jitter;
         unsigned rand_seed;
         ev_timer policy_w;
         unsigned *open_gens;

@@ -375,8 +375,10 @@ static void setup_watchers(struct server *srv)
                 p = ORPHAN_POLL;
         if (aiot_sd_watchdog_usec(&wd_usec) > 0 && wd_usec > 0)
                 srv->wd_half = (double)wd_usec / 2e6;
-        /* The control socket reads the status records beside the heartbeats. */
-        if (srv->worker_timeout > 0 || srv->wd_half > 0 || srv->control_path || srv->metrics_addr)
+        /* The control socket and the request limit read the status records
+         * beside the heartbeats (a reload may set the limit). */
+        if (srv->worker_timeout > 0 || srv->wd_half > 0 || srv->control_path || srv->metrics_addr ||
+            srv->max_requests || srv->reload_fn)
                 (void)aiot__beats_setup(srv);
         /* Eight ticks per timeout: a stall is seen at most a quarter of the
          * timeout late, which leaves room for the abort grace within

@@ -13,7 +13,12 @@
 #     workers), 0 failed requests;
 #  e. a SIGHUP storm while every generation holds idle connections (so each
 #     would drain for the drain timeout) never leaves more than the serving,
-#     one draining and the starting generation.
+#     one draining and the starting generation;
+#  f. bind addresses edited in the config: an added address is bound before
+#     the new generation starts and answers, a removed one is closed once the
+#     old generation has drained (and refuses from then on), an address that
+#     cannot be bound refuses the reload; 0 failed requests on the addresses
+#     that stay.
 # Prints "figure: NAME VALUE" lines and ok/FAIL per check.  Needs python3 and
 # a C compiler (skips without, fails with CI=true).
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
@@ -43,9 +48,16 @@ write_conf() {
                 "$mod" "$1" "${2:+$2
 }" "$port" > "$conf"
 }
-# ask: one request on a fresh connection; prints the answer's version.
+# write_binds WORKERS PORT...: the config with one bind line per port.
+write_binds() {
+        local w=$1 p
+        shift
+        { printf '# proof-reload\nmodule = %s\nworkers = %s\nlog-level = debug\n' "$mod" "$w"
+          for p in "$@"; do printf 'bind = 127.0.0.1:%s\n' "$p"; done; } > "$conf"
+}
+# ask: one request on a fresh connection (to PORT, default $port); prints the answer's version.
 ask_version() {
-        python3 - "$port" <<'PY' 2>/dev/null
+        python3 - "${1:-$port}" <<'PY' 2>/dev/null
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
 s.sendall(b"v\n")
@@ -55,9 +67,9 @@ PY
 reloads_done() { grep -c 'reload: generation [0-9]* ready' "$out"; }
 reloads_failed() { grep -c 'reload failed:' "$out"; }
 # load_start LABEL / load_stop LABEL: the client over one part; figures and $failed $answered.
-load_start() {
+load_start() { # LABEL [PORT]
         rm -f "$tmp/stop"
-        python3 "$src/tests/proof-lines-client.py" "$port" "$CONNS" "$tmp/stop" 60 > "$tmp/$1.load" 2>&1 &
+        python3 "$src/tests/proof-lines-client.py" "${2:-$port}" "$CONNS" "$tmp/stop" 60 > "$tmp/$1.load" 2>&1 &
         lpid=$!
         track "$lpid"
         sleep 0.5
@@ -218,6 +230,48 @@ echo "figure: storm_killed_lines $(grep -c 'still draining killed' "$out")"
 check "SIGHUP storm: never more than 3 generations of 2 workers ($max processes)" test "$max" -le 6
 check "SIGHUP storm: older draining generations were killed, with a log line" grep -q 'still draining killed (at most one draining generation)' "$out"
 check "SIGHUP storm: the supervisor serves on" test "$(ask_version)" = v8
+
+# ---- f. bind addresses change at a reload
+port2=$(free_port)
+echo "# f. bind 127.0.0.1:$port2 added, then 127.0.0.1:$port removed, then an address in use"
+load_start bindadd
+before=$(reloads_done)
+write_binds 2 "$port" "$port2"
+kill -HUP "$spid"
+check "bind added: the reload completed" wait_for 10 eval 'test "$(reloads_done)" -gt $before'
+check "bind added: 127.0.0.1:$port2 answers v8" test "$(ask_version "$port2")" = v8
+check "bind added: 127.0.0.1:$port answers on" test "$(ask_version)" = v8
+check "log: the new address is bound for the new generation" grep -q "also listens on 127.0.0.1:$port2" "$out"
+sleep 0.5
+load_stop bindadd
+check "0 failed requests on 127.0.0.1:$port while an address was added (${failed:-?}, ${answered:-0} answered)" \
+        test "${failed:-1}" = 0
+load_start bindrm "$port2"
+before=$(reloads_done)
+write_binds 2 "$port2"
+kill -HUP "$spid"
+check "bind removed: the reload completed" wait_for 10 eval 'test "$(reloads_done)" -gt $before'
+check "bind removed: 127.0.0.1:$port is closed once the old generation has drained" \
+        wait_for 15 grep -q "no longer listening on 127.0.0.1:$port\$" "$out"
+check "bind removed: 127.0.0.1:$port refuses" eval 'test -z "$(ask_version)"'
+check "bind removed: 127.0.0.1:$port2 answers on" test "$(ask_version "$port2")" = v8
+port3=$(free_port)
+python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1]))); s.listen(); time.sleep(30)' \
+        "$port3" &
+busy=$!
+track "$busy"
+sleep 0.3
+f0=$(reloads_failed)
+write_binds 2 "$port2" "$port3"
+kill -HUP "$spid"
+check "address in use: reload refused" wait_for 10 eval 'test "$(reloads_failed)" -gt $f0'
+check "log: the bind failure is the reason" grep -q "reload failed: .*127.0.0.1:$port3.*in use.*keeps serving" "$out"
+kill "$busy"
+sleep 0.5
+load_stop bindrm
+check "0 failed requests on 127.0.0.1:$port2 while an address was removed and one refused (${failed:-?}, ${answered:-0} answered)" \
+        test "${failed:-1}" = 0
+port=$port2
 
 kill -TERM "$spid"
 wait_for 35 eval '! alive "$spid"'

@@ -150,6 +150,7 @@ void aiot__gen_check_retired(struct server *srv)
                         srv->retired_fn(g, srv->reload_arg);
         }
         srv->n_open_gens = k;
+        aiot__lsets_sweep(srv);
 }
 
 /* ---------------------------------------------------------------- reload */
@@ -175,6 +176,13 @@ static void reload_current(const struct server *srv, unsigned gen, struct aiot_s
                 .max_requests = srv->max_requests,
                 .requests_jitter = srv->requests_jitter,
         };
+        /* The newest set's addresses: a hook that leaves them keeps the sockets. */
+        if (srv->n_lsets) {
+                const struct lset *ls = srv->lsets[srv->n_lsets - 1];
+
+                r->binds = (const char *const *)ls->binds + ls->n_activated;
+                r->n_binds = ls->n - ls->n_activated;
+        }
 }
 
 static void reload_apply(struct server *srv, const struct aiot_server_reload *r)
@@ -225,6 +233,12 @@ static int reload_hook(struct server *srv, unsigned gen, char *why, size_t len)
                         snprintf(why, len, "the reload hook gave extra process %zu no function", i);
                         return -1;
                 }
+        /* New addresses are bound before anything is forked: a failure refuses the reload. */
+        if ((r.n_binds && !r.binds) || aiot__lset_change(srv, gen, r.binds, r.n_binds, why, len) < 0) {
+                if (r.n_binds && !r.binds)
+                        snprintf(why, len, "the reload hook gave %zu bind addresses and no array", r.n_binds);
+                return -1;
+        }
         reload_apply(srv, &r);
         srv->reload_applied = true;
         return 0;
@@ -299,6 +313,7 @@ void aiot__reload_fail(struct server *srv, const char *why)
 
         srv->new_gen = 0;
         srv->reloads_failed++;
+        aiot__lset_drop(srv, failed);
         if (srv->reload_applied) {
                 reload_apply(srv, &srv->serving);
                 srv->reload_applied = false;

@@ -150,6 +150,8 @@ const char *aiot__proc_state_name(enum proc_state st)
 static void proc_spec(const struct proc *p, int report_fd, struct aiot__proc_spec *spec)
 {
         const struct server *srv = p->srv;
+        /* The sockets of its generation (a reload may change the addresses). */
+        const struct lset *ls = aiot__lset_of(srv, p->gen);
 
         *spec = (struct aiot__proc_spec){
                 .kind = p->kind,
@@ -158,10 +160,10 @@ static void proc_spec(const struct proc *p, int report_fd, struct aiot__proc_spe
                 .fn = p->fn,
                 .signals = srv->signals,
                 .n_signals = srv->n_signals,
-                .listeners = srv->listeners,
-                .views = srv->lview,
-                .n_listeners = srv->n_listeners,
-                .n_activated = srv->n_activated,
+                .listeners = ls ? ls->ls : NULL,
+                .views = ls ? ls->views : NULL,
+                .n_listeners = ls ? ls->n : 0,
+                .n_activated = ls ? ls->n_activated : 0,
                 .reuseport = srv->reuseport,
                 .drop_uid = srv->drop_uid,
                 .drop_gid = srv->drop_gid,

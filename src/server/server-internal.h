@@ -227,6 +227,18 @@ enum server_state { SRV_STARTING, SRV_RUNNING, SRV_STOPPING, SRV_DONE };
 
 struct server;
 
+/* The listening sockets of a range of generations (lsets.c). */
+#define MAX_LSETS 8
+struct lset {
+        unsigned first_gen;    /* the first generation that listens on it */
+        aiot_listener **ls;    /* socket activation's first */
+        aiot_listener *views;  /* copies of *ls[i], what contexts see */
+        char **binds;          /* the bind string of each, NULL for socket activation's */
+        bool *opened;          /* the sockets this set opened (NULL for set 0) */
+        size_t n, n_activated;
+        bool owns_arrays;      /* ls and views (set 0's are the server's) */
+};
+
 /* The supervisor's record of one process (an index of a generation). */
 struct proc {
         struct server *srv;
@@ -330,6 +342,8 @@ struct server {
         size_t n_listeners;
         size_t n_activated;   /* listeners[0..n_activated) came from LISTEN_FDS */
         aiot_listener *lview; /* copies of *listeners[i], what contexts see */
+        struct lset *lsets[MAX_LSETS]; /* per range of generations, oldest first */
+        size_t n_lsets;
 
         int *entry_fds, *internal_fds, *keep_fds;
         size_t n_entry_fds, n_internal_fds, n_keep_fds;
@@ -420,6 +434,17 @@ int aiot__write_pidfile(struct server *srv);
 void aiot__remove_pidfile(struct server *srv);
 int aiot__snapshot_internal(struct server *srv);
 void aiot__snapshot_keep(struct server *srv);
+
+/* lsets.c */
+int aiot__lsets_init(struct server *srv, const char *const *binds, size_t n_binds);
+void aiot__lsets_free(struct server *srv);
+const struct lset *aiot__lset_of(const struct server *srv, unsigned gen);
+int aiot__lset_change(struct server *srv, unsigned gen, const char *const *binds, size_t n_binds, char *why,
+                      size_t len);
+void aiot__lset_drop(struct server *srv, unsigned gen);
+void aiot__lsets_sweep(struct server *srv);
+void aiot__lsets_close_all(struct server *srv);
+bool aiot__lsets_has_fd(const struct server *srv, int fd);
 
 /* control.c: the control socket and the metrics listener */
 int aiot__control_open(struct server *srv);

@@ -124,10 +124,7 @@ void aiot__server_fail(struct server *srv)
  * still removed at exit. */
 static void drop_listener_copies(struct server *srv)
 {
-        for (size_t i = 0; i < srv->n_listeners; i++) {
-                srv->listeners[i]->fd = aiot__close(srv->listeners[i]->fd);
-                srv->lview[i].fd = -1;
-        }
+        aiot__lsets_close_all(srv);
 }
 
 /* Relays signo to every process.  A failure is not a stop signal: the main
@@ -328,6 +325,7 @@ static void server_free(struct server *srv)
         }
         aiot__control_close(srv);
         aiot__remove_pidfile(srv);
+        aiot__lsets_free(srv);
         aiot_listeners_free(srv->listeners, srv->n_listeners);
         aiot_event_free(srv->done_ev);
         if (srv->loop)
@@ -508,7 +506,8 @@ int aiot_server_run(const struct aiot_server_config *cfg)
         srv->main.loop = srv->loop;
         setup_watchers(srv);
 
-        if (aiot__open_listeners(srv, cfg) < 0 || aiot__control_open(srv) < 0 || aiot__write_pidfile(srv) < 0) {
+        if (aiot__open_listeners(srv, cfg) < 0 || aiot__lsets_init(srv, cfg->binds, cfg->n_binds) < 0 ||
+            aiot__control_open(srv) < 0 || aiot__write_pidfile(srv) < 0) {
                 status = AIOT_EXIT_USAGE;
                 goto out;
         }

@@ -7,8 +7,8 @@
  * back (aiot__reload_fail(), from proc.c).  A recycled worker gets a replacement
  * record of its own generation and index in the same way.  SIGTTIN and
  * SIGTTOU add and remove a worker of the newest generation; SIGUSR1 is
- * forwarded to every ready process; SIGUSR2 and SIGWINCH are logged and
- * otherwise ignored.  Everything here changes processes only through
+ * forwarded to every ready process; SIGUSR2 upgrades the program in place
+ * (upgrade.c), SIGWINCH is logged and otherwise ignored.  Everything here changes processes only through
  * aiot__proc_transition().
  *
  * The config's reload hook (aiotools-serve loads the module afresh there)
@@ -295,6 +295,12 @@ static void reload_done(struct server *srv)
         srv->new_gen = 0;
         srv->reloads_done++;
         srv->reload_applied = false;
+        if (srv->upgrading) {
+                srv->upgrading = false;
+                srv->upgrades_done++;
+                aiot_log(AIOT_LOG_NOTICE, "upgrade: generation %u of the new program is ready (pid %d)", srv->gen,
+                         (int)srv->pid);
+        }
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u ready, stopping generation %u", srv->gen, old);
         aiot__control_reload_ended(srv, srv->gen, NULL);
         kill_older_draining(srv, old);
@@ -318,6 +324,12 @@ void aiot__reload_fail(struct server *srv, const char *why)
                 reload_apply(srv, &srv->serving);
                 srv->reload_applied = false;
         }
+        if (srv->upgrading) {
+                srv->upgrading = false;
+                srv->upgrades_failed++;
+                aiot_log(AIOT_LOG_ERR, "upgrade failed: the new program's generation %u did not start; the adopted "
+                         "generation %u serves on", failed, srv->gen);
+        }
         aiot_log(AIOT_LOG_ERR, "reload failed: %s; generation %u keeps serving", why, srv->gen);
         aiot__control_reload_ended(srv, failed, why);
         stop_generation_if(srv, of_gen, failed);
@@ -328,7 +340,9 @@ void aiot__reload_fail(struct server *srv, const char *why)
         reload_next(srv);
 }
 
-static void reload_start(struct server *srv)
+/* A reload, or (use_hook false) an upgraded image's own first generation:
+ * no hook (the image has just loaded its code), the config's addresses. */
+static void generation_start(struct server *srv, bool use_hook)
 {
         char status[64], why[300];
         unsigned gen;
@@ -343,14 +357,18 @@ static void reload_start(struct server *srv)
                 return;
         gen = srv->new_gen = ++srv->next_gen;
         aiot__control_reload_started(srv, gen);
-        aiot_log(AIOT_LOG_NOTICE, "SIGHUP received, reloading: starting generation %u", gen);
-        snprintf(status, sizeof(status), "reloading: starting generation %u", gen);
+        if (use_hook)
+                aiot_log(AIOT_LOG_NOTICE, "SIGHUP received, reloading: starting generation %u", gen);
+        else
+                aiot_log(AIOT_LOG_NOTICE, "upgrade: starting generation %u of the new program", gen);
+        snprintf(status, sizeof(status), "%s: starting generation %u", use_hook ? "reloading" : "upgrading", gen);
         aiot__notify(srv, AIOT__SD_RELOADING, status);
         if (aiot__gen_open(srv, gen) < 0) {
                 aiot__reload_fail(srv, "out of memory");
                 return;
         }
-        if (reload_hook(srv, gen, why, sizeof(why)) < 0) {
+        if (use_hook ? reload_hook(srv, gen, why, sizeof(why)) < 0
+                     : aiot__lset_change(srv, gen, srv->cfg_binds, srv->n_cfg_binds, why, sizeof(why)) < 0) {
                 aiot__reload_fail(srv, why);
                 return;
         }
@@ -366,6 +384,17 @@ static void reload_start(struct server *srv)
                 }
                 aiot__proc_transition(p, PE_START, 0);
         }
+}
+
+static void reload_start(struct server *srv)
+{
+        generation_start(srv, true);
+}
+
+void aiot__upgrade_new_generation(struct server *srv)
+{
+        srv->upgrading = true;
+        generation_start(srv, false);
 }
 
 /* ---------------------------------------------------------------- recycle */
@@ -510,8 +539,9 @@ void aiot__policy_start(struct server *srv)
 /* This incarnation's lifetime and request limit: each limit plus its share
  * of its jitter, so that workers started together are not all replaced at
  * once. */
-static void draw_limits(struct server *srv, struct proc *p)
+void aiot__gen_draw_limits(struct proc *p)
 {
+        struct server *srv = p->srv;
         double u = (double)rand_r(&srv->rand_seed) / ((double)RAND_MAX + 1.0);
 
         p->lifetime = srv->max_lifetime + u * srv->lifetime_jitter;
@@ -530,7 +560,7 @@ void aiot__gen_proc_ready(struct proc *p, bool again)
         struct server *srv = p->srv;
         char status[96];
 
-        draw_limits(srv, p);
+        aiot__gen_draw_limits(p);
         if (srv->state == SRV_STARTING) {
                 if (aiot__gen_ready(srv, srv->gen))
                         server_all_ready(srv);
@@ -635,6 +665,8 @@ void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
                 scale_down(srv, "SIGTTOU");
                 break;
         case SIGUSR2:
+                (void)aiot__upgrade_start(srv, "SIGUSR2");
+                break;
         case SIGWINCH:
                 aiot_log(AIOT_LOG_INFO, "SIG%s received: it has no use here, ignored",
                          sigabbrev_np(w->signum) ?: "?");

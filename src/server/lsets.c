@@ -71,18 +71,17 @@ int aiot__lsets_init(struct server *srv, const char *const *binds, size_t n_bind
 
 void aiot__lsets_free(struct server *srv)
 {
-        /* Set 0's sockets are freed with srv->listeners; the others' here. */
-        for (size_t i = 1; i < srv->n_lsets; i++) {
+        /* Set 0's sockets of a plain start are freed with srv->listeners;
+         * what a set opened (or an upgrade handed over) here. */
+        for (size_t i = 0; i < srv->n_lsets; i++) {
                 struct lset *s = srv->lsets[i];
 
-                for (size_t j = s->n_activated; j < s->n; j++)
-                        if (s->opened && s->opened[j])
+                for (size_t j = 0; s->opened && j < s->n; j++)
+                        if (s->opened[j])
                                 aiot_listener_close(s->ls[j]);
                 free(s->opened);
                 lset_free(s);
         }
-        if (srv->n_lsets)
-                lset_free(srv->lsets[0]);
         srv->n_lsets = 0;
 }
 

@@ -374,6 +374,18 @@ struct server {
         ev_timer policy_w;
         unsigned *open_gens;
         size_t n_open_gens, cap_open_gens;
+        /* The in-place upgrade (upgrade.c): the program and its arguments as
+         * started, the state an earlier image handed over, the check run. */
+        int beats_fd, stats_fd; /* the memfds of beats and stats, or -1 */
+        char *exec_path, **exec_argv, *exec_buf;
+        char *up_state;
+        aiot_child *up_child;
+        ev_timer up_timer;
+        bool up_timed_out;
+        bool upgrading; /* the generation starting is the new program's first */
+        unsigned upgrades_done, upgrades_failed;
+        const char *const *cfg_binds; /* the config's addresses, for that generation */
+        size_t n_cfg_binds;
 };
 
 /* supervisor.c */
@@ -397,6 +409,7 @@ bool aiot__proc_active(const struct proc *p);
 bool aiot__proc_live(const struct proc *p);
 const char *aiot__proc_state_name(enum proc_state st);
 void aiot__proc_transition(struct proc *p, enum proc_event ev, int arg);
+int aiot__proc_adopt(struct proc *p, pid_t pid, int report_fd, int beat, enum proc_state st);
 
 /* generation.c */
 bool aiot__gen_ready(const struct server *srv, unsigned gen);
@@ -410,6 +423,8 @@ int aiot__scale_to(struct server *srv, size_t n);
 int aiot__gen_open(struct server *srv, unsigned gen);
 void aiot__policy_start(struct server *srv);
 void aiot__gen_check_retired(struct server *srv);
+void aiot__gen_draw_limits(struct proc *p);
+void aiot__upgrade_new_generation(struct server *srv);
 
 /* channel.c, the supervisor ends */
 int aiot__channel_open(struct proc *p, int *write_fd);
@@ -434,6 +449,17 @@ int aiot__write_pidfile(struct server *srv);
 void aiot__remove_pidfile(struct server *srv);
 int aiot__snapshot_internal(struct server *srv);
 void aiot__snapshot_keep(struct server *srv);
+
+/* upgrade.c */
+void aiot__upgrade_remember(struct server *srv);
+void aiot__upgrade_free(struct server *srv);
+bool aiot__upgrade_is_check(void);
+int aiot__upgrade_read(struct server *srv);
+void aiot__upgrade_take_fds(struct server *srv);
+bool aiot__upgrade_passed_fd(const struct server *srv, int fd);
+int aiot__upgrade_listeners(struct server *srv);
+void aiot__upgrade_adopt(struct server *srv);
+int aiot__upgrade_start(struct server *srv, const char *cause);
 
 /* lsets.c */
 int aiot__lsets_init(struct server *srv, const char *const *binds, size_t n_binds);

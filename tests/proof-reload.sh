@@ -26,7 +26,7 @@
 #     back (a program file that is no program, a module of another ABI: the
 #     check run fails and nothing changes; a module whose setup fails: the new
 #     image keeps the adopted workers serving), 0 failed requests, and an
-#     upgrade after that works from the adopted state.
+#     upgrade after that works from the adopted state; `ctl upgrade` as well.
 # Prints "figure: NAME VALUE" lines and ok/FAIL per check.  Needs python3 and
 # a C compiler (skips without, fails with CI=true).
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
@@ -299,7 +299,7 @@ cp "$out" "$tmp/serve1.out"
 out=$tmp/upgrade.out
 port=$(free_port)
 build u0
-write_conf 2
+write_conf 2 "control = $tmp/up.sock"
 LD_LIBRARY_PATH="$bld/.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" NOTIFY_SOCKET=$tmp/notify.sock \
         "$bin" -c "$conf" > "$out" 2>&1 &
 spid=$!
@@ -363,10 +363,17 @@ kill -USR2 "$spid"
 check "an upgrade after the failed one works from the adopted state" wait_for 15 eval 'test "$(upgrades_done)" -gt $before'
 check "u7 answers" wait_for 5 eval 'test "$(ask_version)" = u7'
 check "the adopted workers are gone" wait_for 15 eval 'test -z "$(comm -12 <(echo "$workers") <(live_children "$spid" | sort))"'
+build u8
+before=$(upgrades_done)
+"$SERVE" ctl --socket="$tmp/up.sock" upgrade > "$tmp/ctl.out" 2>&1
+check "ctl upgrade: accepted ($(head -c 200 "$tmp/ctl.out" | tr '\n' ' '))" grep -q 'upgrading: checking that' "$tmp/ctl.out"
+check "ctl upgrade: done in the same process" wait_for 15 eval 'test "$(upgrades_done)" -gt $before && alive "$spid"'
+check "ctl upgrade: u8 answers" wait_for 5 eval 'test "$(ask_version)" = u8'
+check "ctl status answers through the new image's control socket" eval '"$SERVE" ctl --socket="$tmp/up.sock" status | grep -q "supervisor pid $spid"'
 load_stop upgfail
 check "0 failed requests during the failed upgrades and the one after (${failed:-?}, ${answered:-0} answered)" \
         test "${failed:-1}" = 0
-check "only u5 and u7 answered (u6 never did: $(seen upgfail u6))" test -z "$(seen upgfail u6)"
+check "u6 never answered (u6 never did: $(seen upgfail u6))" test -z "$(seen upgfail u6)"
 grep 'upgrade' "$out" | grep -v debug | sed 's/^/#   /' | tail -12
 kill -TERM "$spid"
 wait_for 35 eval '! alive "$spid"'

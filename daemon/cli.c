@@ -20,6 +20,7 @@ enum opt_id {
         OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_BLOCKING_THREADS, OPT_CHECK, OPT_HELP, OPT_VERSION,
         OPT_CONTROL, OPT_CONTROL_GROUP, OPT_METRICS, OPT_SETUP_TIMEOUT,
         OPT_CONFIG, OPT_MAX_WORKER_LIFETIME, OPT_MAX_WORKER_LIFETIME_JITTER, OPT_MAX_WORKER_MEMORY,
+        OPT_MAX_REQUESTS, OPT_MAX_REQUESTS_JITTER,
 };
 
 struct opt {
@@ -59,6 +60,8 @@ static const struct opt opts[] = {
         { "max-worker-lifetime", 0, 1, OPT_MAX_WORKER_LIFETIME },
         { "max-worker-lifetime-jitter", 0, 1, OPT_MAX_WORKER_LIFETIME_JITTER },
         { "max-worker-memory", 0, 1, OPT_MAX_WORKER_MEMORY },
+        { "max-requests", 0, 1, OPT_MAX_REQUESTS },
+        { "max-requests-jitter", 0, 1, OPT_MAX_REQUESTS_JITTER },
 };
 
 static const struct {
@@ -366,6 +369,13 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
                         return fail(err, errlen, "invalid memory size '%s' for %s: expected bytes with K, M, G or T, "
                                     "e.g. 512M", val, display);
                 return 0;
+        case OPT_MAX_REQUESTS:
+        case OPT_MAX_REQUESTS_JITTER:
+                if (parse_int(val, 0, 1000000000L, &n) < 0)
+                        return fail(err, errlen, "invalid %s '%s' for %s: expected 0 to 1000000000",
+                                    o->id == OPT_MAX_REQUESTS ? "request count" : "request jitter", val, display);
+                *(o->id == OPT_MAX_REQUESTS ? &cfg->max_requests : &cfg->max_requests_jitter) = (unsigned long)n;
+                return 0;
         case OPT_CONFIG:
                 if (!*val)
                         return fail(err, errlen, "empty path for %s", display);
@@ -503,6 +513,8 @@ int cli_validate(const struct cli_config *cfg, char *err, size_t errlen)
                 return fail(err, errlen, "--reuseport needs at least one --bind address");
         if (cfg->max_worker_lifetime_jitter > 0 && cfg->max_worker_lifetime == 0)
                 return fail(err, errlen, "--max-worker-lifetime-jitter needs --max-worker-lifetime");
+        if (cfg->max_requests_jitter > 0 && cfg->max_requests == 0)
+                return fail(err, errlen, "--max-requests-jitter needs --max-requests");
         return 0;
 }
 

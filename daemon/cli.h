@@ -47,6 +47,8 @@ struct cli_config {
         double max_worker_lifetime;     /* seconds; 0: forever */
         double max_worker_lifetime_jitter;
         unsigned long long max_worker_memory; /* bytes of RSS; 0: no limit */
+        unsigned long max_requests;     /* handler runs per worker; 0: no limit */
+        unsigned long max_requests_jitter;
 };
 
 /* Parses argv (argv[0] is the program name) into *cfg.  Strings in *cfg point

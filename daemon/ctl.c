@@ -27,7 +27,7 @@ static const char ctl_usage[] =
         "Usage: aiotools-serve ctl [--socket=PATH] [--json] COMMAND [ARG]\n"
         "\n"
         "Commands: status, reload, scale N, recycle INDEX, stop, tasks INDEX, metrics,\n"
-        "log-level LEVEL.  The socket: --socket, else $AIOTOOLS_CONTROL, else\n"
+        "log-level LEVEL, upgrade.  The socket: --socket, else $AIOTOOLS_CONTROL, else\n"
         "$RUNTIME_DIRECTORY/control.sock.\n"
         "Exit status: 0 done, 1 the command failed, 2 usage, 3 no server at the socket.\n";
 
@@ -37,6 +37,7 @@ static const struct {
 } commands[] = {
         {"status", 0}, {"reload", 0}, {"scale", 1},   {"recycle", 1},
         {"stop", 0},   {"tasks", 1},  {"metrics", 0}, {"log-level", 1},
+        {"upgrade", 0},
 };
 
 static int usage(const char *fmt, const char *arg)

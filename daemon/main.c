@@ -67,6 +67,8 @@ static const char usage_text[] =
         "      --max-worker-lifetime=S  replace a worker once it has served S seconds ...\n"
         "      --max-worker-lifetime-jitter=J  ... plus up to J more, drawn per worker\n"
         "      --max-worker-memory=SIZE  replace a worker whose resident memory exceeds SIZE (e.g. 512M)\n"
+        "      --max-requests=N     replace a worker once it has served N requests ...\n"
+        "      --max-requests-jitter=J  ... plus up to J more, drawn per worker\n"
         "      --check              load and validate MODULE (and the addresses), then exit\n"
         "  -h, --help               show this help and exit\n"
         "  -V, --version            show the version and exit\n"
@@ -461,21 +463,17 @@ static bool same_str(const char *a, const char *b)
         return a == b || (a && b && strcmp(a, b) == 0);
 }
 
-/* What a reload cannot change (the sockets, the privileges, the pidfile, the
+/* What a reload cannot change (the socket options, the privileges, the pidfile, the
  * stop signals, the tracking, the watchdog): a line saying it waits for a restart. */
 static void warn_restart_only(const struct cli_config *now, const struct cli_config *was)
 {
-        bool binds = now->n_binds != was->n_binds;
-
-        for (size_t i = 0; !binds && i < now->n_binds; i++)
-                binds = !same_str(now->binds[i], was->binds[i]);
-        if (binds || now->reuseport != was->reuseport || !same_str(now->user, was->user) ||
+        if (now->reuseport != was->reuseport || !same_str(now->user, was->user) ||
             !same_str(now->group, was->group) || !same_str(now->pidfile, was->pidfile) ||
             now->n_stop_signals != was->n_stop_signals ||
             memcmp(now->stop_signals, was->stop_signals, now->n_stop_signals * sizeof(int)) != 0 ||
             now->no_pidfd != was->no_pidfd || now->worker_timeout != was->worker_timeout)
                 aiot_log(AIOT_LOG_WARNING,
-                         "reload: bind, reuseport, user, group, pidfile, stop-signals, no-pidfd and "
+                         "reload: reuseport, user, group, pidfile, stop-signals, no-pidfd and "
                          "worker-timeout take effect at the next restart, not at a reload");
 }
 
@@ -579,6 +577,10 @@ static int reload_cb(struct aiot_server_reload *r, void *arg)
         r->max_lifetime = l->cli.max_worker_lifetime;
         r->lifetime_jitter = l->cli.max_worker_lifetime_jitter;
         r->max_rss = (size_t)l->cli.max_worker_memory;
+        r->max_requests = l->cli.max_requests;
+        r->requests_jitter = l->cli.max_requests_jitter;
+        r->binds = l->cli.binds;
+        r->n_binds = l->cli.n_binds;
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u runs module '%s' from %s (%d worker%s)", r->gen,
                  m->name ? m->name : "?", l->cli.module, r->workers, r->workers == 1 ? "" : "s");
         l->first = r->gen;
@@ -676,6 +678,8 @@ static int serve(int argc, char **argv)
         cfg.max_lifetime = cli->max_worker_lifetime;
         cfg.lifetime_jitter = cli->max_worker_lifetime_jitter;
         cfg.max_rss = (size_t)cli->max_worker_memory;
+        cfg.max_requests = cli->max_requests;
+        cfg.requests_jitter = cli->max_requests_jitter;
         cfg.retired = retired_cb;
         aiot_log(AIOT_LOG_DEBUG, "module '%s' loaded from %s", m->name ? m->name : "?", cli->module);
         /* The copies stay loaded at exit: their code may still be referenced by atexit handlers. */

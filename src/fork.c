@@ -234,6 +234,7 @@ static void lost_cb(struct ev_loop *loop, ev_io *w, int revents)
 }
 
 static void reaper_cb(struct ev_loop *loop, ev_async *w, int revents);
+static void child_watch(struct ev_loop *loop, aiot_child *c, bool use_pidfd);
 static void child_loop_gone(struct ev_loop *loop, ev_cleanup *w, int revents);
 
 /* Returns loop's reaper, waking it up if it was idle; NULL when out of memory. */
@@ -494,6 +495,14 @@ int aiot_fork(struct ev_loop *loop, aiot_child_fn fn, void *arg, aiot_child_exit
                 free(c);
                 return r;
         }
+        child_watch(loop, c, use_pidfd);
+        *ret = c;
+        return 0;
+}
+
+/* What aiot_fork() and aiot__child_adopt() start once c is tracked. */
+static void child_watch(struct ev_loop *loop, aiot_child *c, bool use_pidfd)
+{
         if (c->lost) {
                 ev_init(&c->io, lost_cb);
                 ev_feed_event(loop, &c->io, EV_CUSTOM);
@@ -504,6 +513,56 @@ int aiot_fork(struct ev_loop *loop, aiot_child_fn fn, void *arg, aiot_child_exit
         /* A cleanup watcher does not keep the loop alive (libev unrefs it). */
         ev_cleanup_init(&c->gone, child_loop_gone);
         ev_cleanup_start(loop, &c->gone);
+}
+
+/* A child an earlier image of this process forked before it executed the
+ * present one (an in-place upgrade): still our child, unreaped, so its PID
+ * cannot have been reused.  Tracked from here as aiot_fork() tracks its own;
+ * on the SIGCHLD path the reaper polls once at once, since the child may have
+ * exited before this image had a handler. */
+int aiot__child_adopt(struct ev_loop *loop, pid_t pid, aiot_child_exit_cb on_exit, void *userdata,
+                      aiot_child **ret)
+{
+        bool use_pidfd;
+        sigset_t all, old;
+        aiot_child *c;
+        int r;
+
+        aiot__return_if(!loop || pid <= 0 || !ret, -EINVAL);
+        use_pidfd = aiot_fork_mode() == AIOT_FORK_PIDFD;
+        r = sigchld_prepare(!use_pidfd);
+        if (r < 0)
+                return r;
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->owner = getpid();
+        c->pidfd = -1;
+        c->pid = pid;
+        c->loop = loop;
+        c->on_exit = on_exit;
+        c->userdata = userdata;
+        if (!use_pidfd && !(c->reaper = reaper_get(loop))) {
+                free(c);
+                return -ENOMEM;
+        }
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        if (use_pidfd)
+                pthread_mutex_lock(&pidfd_lock);
+        r = track_child(c, pid, use_pidfd);
+        if (use_pidfd)
+                pthread_mutex_unlock(&pidfd_lock);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (r < 0) {
+                if (c->reaper)
+                        reaper_put_if_idle(c->reaper);
+                free(c);
+                return r;
+        }
+        child_watch(loop, c, use_pidfd);
+        if (c->reaper)
+                ev_async_send(loop, &c->reaper->async);
         *ret = c;
         return 0;
 }

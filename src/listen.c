@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "aiotools/listen.h"
+#include "listen-internal.h"
 #include "macro.h"
 
 #define DEFAULT_BACKLOG 1024
@@ -547,6 +548,25 @@ int aiot_listen_reopen(const aiot_listener *pub, const struct aiot_listen_opts *
         o.bind_only = 0;
         o.mode = 0;
         return open_addr(l->pub.address, &l->addr, &o, l->name, ret, err, errlen);
+}
+
+/* A listener over a bound socket this process already has (an in-place
+ * upgrade hands its sockets over across exec): its address read from the
+ * socket.  The fd is the listener's from here; on failure it stays the
+ * caller's.  0 or -errno. */
+int aiot__listener_from_fd(int fd, const char *name, aiot_listener **ret)
+{
+        struct listener *l = listener_alloc(-1, name);
+        int r = l ? listener_set_address(l, fd) : -ENOMEM;
+
+        if (r < 0) {
+                if (l)
+                        listener_free_struct(l);
+                return r;
+        }
+        l->pub.fd = fd;
+        *ret = &l->pub;
+        return 0;
 }
 
 /* ---- socket activation ---- */

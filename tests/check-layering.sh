@@ -12,7 +12,7 @@
 #              src/blocking.c, src/resolve.c   aiotools/blocking.h
 #   5 timer    src/timer.c                     aiotools/timer.h
 #   6 sd       src/sd.c, sd-internal.h         aiotools/sd.h
-#   7 listen   src/listen.c                    aiotools/listen.h
+#   7 listen   src/listen.c, listen-internal.h aiotools/listen.h
 #   8 server   src/server/, src/proctitle.*    aiotools/server.h
 #   9 conn     src/conn.c, conn-internal.h,    aiotools/conn.h
 #              src/server/serve.c
@@ -46,7 +46,7 @@ layer_of() {
         src/blocking.c | src/resolve.c | include/aiotools/blocking.h) echo 4 ;;
         src/timer.c | include/aiotools/timer.h) echo 5 ;;
         src/sd.c | src/sd-internal.h | include/aiotools/sd.h) echo 6 ;;
-        src/listen.c | include/aiotools/listen.h) echo 7 ;;
+        src/listen.c | src/listen-internal.h | include/aiotools/listen.h) echo 7 ;;
         src/conn.c | src/conn-internal.h | src/server/serve.c | include/aiotools/conn.h) echo 9 ;;
         src/server/* | src/proctitle.c | src/proctitle.h | include/aiotools/server.h) echo 8 ;;
         include/aiotools/module.h | include/aiotools.h) echo 10 ;;

@@ -428,6 +428,17 @@ START_TEST(test_recycling_options)
         ck_assert_int_eq(parse_conf("\nmax-worker-memory = lots\n", "-c", "f.conf", "m.so", NULL), -EINVAL);
         ck_assert_str_eq(err, "f.conf:2: invalid memory size 'lots' for --max-worker-memory: expected bytes with K, M, "
                               "G or T, e.g. 512M");
+        /* --max-requests and its jitter (gunicorn's pair). */
+        ck_assert_int_eq(parse("--max-requests=1000", "--max-requests-jitter=50", "m.so", NULL), 0);
+        ck_assert_uint_eq(cfg.max_requests, 1000);
+        ck_assert_uint_eq(cfg.max_requests_jitter, 50);
+        ck_assert_int_eq(parse("--max-requests=many", "m.so", NULL), -EINVAL);
+        ck_assert_str_eq(err, "invalid request count 'many' for --max-requests: expected 0 to 1000000000");
+        ck_assert_int_eq(parse("--max-requests=-1", "m.so", NULL), -EINVAL);
+        ck_assert_int_eq(parse("--max-requests-jitter=5", "m.so", NULL), -EINVAL);
+        ck_assert_str_eq(err, "--max-requests-jitter needs --max-requests");
+        ck_assert_int_eq(parse_conf("\nmax-requests = x1\n", "-c", "f.conf", "m.so", NULL), -EINVAL);
+        ck_assert_str_eq(err, "f.conf:2: invalid request count 'x1' for --max-requests: expected 0 to 1000000000");
 }
 END_TEST
 

@@ -7,7 +7,10 @@
 #     before the old one stops), 0 failed requests;
 #  b. --max-worker-memory 64 MiB above a worker's use under load: a worker
 #     asked to grow by 160 MiB is replaced, the other is not, 0 failed
-#     requests.
+#     requests;
+#  c. --max-requests=2000 --max-requests-jitter=1000 with 2 workers for 6 s:
+#     workers are replaced once the serving layer has counted their limit,
+#     each limit drawn in [2000, 3000], ready-gated, 0 failed requests.
 # Prints "figure: NAME VALUE" lines and ok/FAIL per check.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 . "${top_srcdir:-.}/tests/proof-lib.sh"
@@ -104,6 +107,27 @@ echo "figure: memory_failed_requests ${failed:-?}"
 check "only that worker was recycled ($(grep -c 'more than its memory limit' "$out") lines)" \
         test "$(grep -c 'more than its memory limit' "$out")" = 1
 check "0 failed requests around the memory recycle (${failed:-?})" test "${failed:-1}" = 0
+stop
+check "clean stop (exit $?)" test $? = 0
+
+# ---- c. requests with jitter
+echo "# c. --max-requests=2000 --max-requests-jitter=1000, 2 workers, 6 s of load"
+serve --max-requests=2000 --max-requests-jitter=1000
+load 6 requests
+counts=$(sed -n 's/.*worker [0-9]* (pid [0-9]*) has served \([0-9]*\) requests, its limit \([0-9]*\): recycling it.*/\1:\2/p' "$out")
+n=$(echo "$counts" | grep -c .)
+limits=$(echo "$counts" | cut -d: -f2)
+distinct=$(echo "$limits" | sort -u | grep -c .)
+echo "figure: requests_recycles $n"
+echo "figure: requests_served_limit $(echo $counts)"
+check "workers were recycled by request count ($n times)" test "$n" -ge 4
+check "each limit drawn within [2000, 3000]" eval 'for l in $limits; do [ "$l" -ge 2000 ] && [ "$l" -le 3000 ] || exit 1; done'
+check "each worker had served its limit" eval 'for c in $counts; do [ "${c%%:*}" -ge "${c##*:}" ] || exit 1; done'
+check "the limits differ (jitter: $distinct distinct of $n)" test "$distinct" -ge $((n / 2 + 1))
+check "each replacement was ready before its worker stopped ($(grep -c 'replaced by pid' "$out") 'replaced by' lines)" \
+        test "$(grep -c 'replaced by pid' "$out")" -ge "$n"
+check "0 failed requests while recycling by requests (${failed:-?}, ${answered:-0} answered)" test "${failed:-1}" = 0
+check "2 workers serve on" test "$(live_children "$spid" | wc -l)" = 2
 stop
 check "clean stop (exit $?)" test $? = 0
 summary

@@ -141,6 +141,11 @@ struct aiot_server_reload {
         double lifetime_jitter;
         size_t max_rss;
         char why[256];                  /* the reason, when the hook refuses */
+        unsigned long max_requests;     /* as in struct aiot_server_config */
+        unsigned long requests_jitter;
+        const char *const *binds;       /* the new generation's bind addresses; the same array
+                                           (or equal strings) keeps a socket open */
+        size_t n_binds;
 };
 
 struct aiot_server_config {
@@ -195,6 +200,11 @@ struct aiot_server_config {
         double max_lifetime;
         double lifetime_jitter;
         size_t max_rss;
+        /* ... or once it has run max_requests handler runs (as the serving
+         * layer counts them) plus a share of requests_jitter drawn for each
+         * one (0: no limit). */
+        unsigned long max_requests;
+        unsigned long requests_jitter;
 };
 
 /* Runs the server until it stops and returns the process exit status:

@@ -9,7 +9,8 @@
  * before it handles an exit, so that a message written just before the exit
  * is not lost.
  *
- * Heartbeat.  Liveness goes through a shared anonymous mapping instead of the
+ * Heartbeat.  Liveness goes through a shared mapping (of a memfd, which an
+ * in-place upgrade hands over) instead of the
  * channel: one cell per process, bumped by each iteration of its loop (a plain
  * store, no system call per request).  The liveness tick reads every cell; a
  * process whose cell has not moved for the worker timeout gets PE_HUNG
@@ -209,20 +210,36 @@ int aiot__channel_send(struct proc *p, int type, int value, int fd)
 /* ---------------------------------------------------------------- the heartbeat page */
 
 /* The heartbeat cells and, beside them, the status records (struct aiot__wstat). */
+/* A shared mapping of len bytes over a memfd (so that an in-place upgrade
+ * can hand it over across exec), or over the fd an earlier image passed
+ * (*fd >= 0).  NULL on failure; *fd is the memfd then -1. */
+static void *shared_map(size_t len, int *fd, const char *name)
+{
+        void *m;
+
+        if (*fd < 0) {
+                *fd = memfd_create(name, MFD_CLOEXEC);
+                if (*fd >= 0 && ftruncate(*fd, (off_t)len) < 0)
+                        *fd = aiot__close(*fd);
+        }
+        if (*fd < 0)
+                return NULL;
+        m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+        if (m == MAP_FAILED) {
+                *fd = aiot__close(*fd);
+                return NULL;
+        }
+        return m;
+}
+
 int aiot__beats_setup(struct server *srv)
 {
-        void *m = mmap(NULL, BEAT_CELLS * sizeof(*srv->beats), PROT_READ | PROT_WRITE,
-                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-        void *st;
-
-        if (m == MAP_FAILED) {
-                aiot_log(AIOT_LOG_WARNING, "no worker heartbeats: mmap: %s", strerror(errno));
+        srv->beats = shared_map(BEAT_CELLS * sizeof(*srv->beats), &srv->beats_fd, "aiotools-beats");
+        if (!srv->beats) {
+                aiot_log(AIOT_LOG_WARNING, "no worker heartbeats: %s", strerror(errno));
                 return -errno;
         }
-        srv->beats = m;
-        st = mmap(NULL, BEAT_CELLS * sizeof(*srv->stats), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                  -1, 0);
-        srv->stats = st == MAP_FAILED ? NULL : st;
+        srv->stats = shared_map(BEAT_CELLS * sizeof(*srv->stats), &srv->stats_fd, "aiotools-stats");
         return 0;
 }
 
@@ -234,6 +251,8 @@ void aiot__beats_free(struct server *srv)
                 munmap(srv->stats, BEAT_CELLS * sizeof(*srv->stats));
         srv->beats = NULL;
         srv->stats = NULL;
+        srv->beats_fd = aiot__close(srv->beats_fd);
+        srv->stats_fd = aiot__close(srv->stats_fd);
 }
 
 /* Reads the heartbeat counter of a running process; returns how long it has

@@ -216,6 +216,8 @@ int aiot__check_config(struct server *srv, const struct aiot_server_config *cfg)
         srv->max_lifetime = cfg->max_lifetime;
         srv->lifetime_jitter = cfg->lifetime_jitter;
         srv->max_rss = cfg->max_rss;
+        srv->max_requests = cfg->max_requests;
+        srv->requests_jitter = cfg->requests_jitter;
         if (srv->reuseport && cfg->n_binds == 0) {
                 aiot_log(AIOT_LOG_ERR, "reuseport needs at least one bind address");
                 return -EINVAL;
@@ -381,8 +383,10 @@ void aiot__snapshot_keep(struct server *srv)
 
         if (!srv->entry_fds || aiot__fd_snapshot(&now, &n) < 0)
                 return;
+        /* A child gets the sockets of its generation's set from its spec, so
+         * that one of a later generation does not keep a removed address. */
         for (size_t i = 0; i < n; i++)
-                if (!aiot__fd_in(srv->internal_fds, srv->n_internal_fds, now[i]))
+                if (!aiot__fd_in(srv->internal_fds, srv->n_internal_fds, now[i]) && !aiot__lsets_has_fd(srv, now[i]))
                         now[k++] = now[i];
         srv->keep_fds = now;
         srv->n_keep_fds = k;

@@ -629,6 +629,17 @@ static void cmd_stop(struct client *c)
         aiot__server_stop(srv, aiot__graceful_signal(srv), true);
 }
 
+/* The answer goes out before the exec: the check run comes first. */
+static void cmd_upgrade(struct client *c)
+{
+        struct server *srv = c->ctl->srv;
+
+        if (aiot__upgrade_start(srv, "ctl upgrade") < 0)
+                client_answer_line(c, "ERR upgrade refused or failed (see the log)");
+        else
+                client_answer_line(c, "OK\nupgrading: checking that %s starts", srv->exec_path);
+}
+
 static void cmd_scale(struct client *c, long n)
 {
         int r = aiot__scale_to(c->ctl->srv, (size_t)n);
@@ -681,6 +692,9 @@ static void ctl_command(struct client *c, const char *line, size_t len)
                 return;
         case AIOT__CTL_LOG_LEVEL:
                 cmd_log_level(c, req.level);
+                return;
+        case AIOT__CTL_UPGRADE:
+                cmd_upgrade(c);
                 return;
         }
         client_answer_line(c, "USAGE unknown command");

@@ -20,6 +20,7 @@ static const struct {
         {"status", AIOT__CTL_STATUS, 0},   {"reload", AIOT__CTL_RELOAD, 0},   {"scale", AIOT__CTL_SCALE, 1},
         {"recycle", AIOT__CTL_RECYCLE, 1}, {"stop", AIOT__CTL_STOP, 0},       {"tasks", AIOT__CTL_TASKS, 1},
         {"metrics", AIOT__CTL_METRICS, 0}, {"log-level", AIOT__CTL_LOG_LEVEL, 1},
+        {"upgrade", AIOT__CTL_UPGRADE, 0},
 };
 
 long aiot__ctl_line(const char *buf, size_t len, size_t max)

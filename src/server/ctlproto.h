@@ -24,6 +24,7 @@ enum aiot__ctl_cmd {
         AIOT__CTL_TASKS,
         AIOT__CTL_METRICS,
         AIOT__CTL_LOG_LEVEL,
+        AIOT__CTL_UPGRADE,
 };
 
 struct aiot__ctl_req {

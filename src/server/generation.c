@@ -7,8 +7,8 @@
  * back (aiot__reload_fail(), from proc.c).  A recycled worker gets a replacement
  * record of its own generation and index in the same way.  SIGTTIN and
  * SIGTTOU add and remove a worker of the newest generation; SIGUSR1 is
- * forwarded to every ready process; SIGUSR2 and SIGWINCH are logged and
- * otherwise ignored.  Everything here changes processes only through
+ * forwarded to every ready process; SIGUSR2 upgrades the program in place
+ * (upgrade.c), SIGWINCH is logged and otherwise ignored.  Everything here changes processes only through
  * aiot__proc_transition().
  *
  * The config's reload hook (aiotools-serve loads the module afresh there)
@@ -151,6 +151,7 @@ void aiot__gen_check_retired(struct server *srv)
                         srv->retired_fn(g, srv->reload_arg);
         }
         srv->n_open_gens = k;
+        aiot__lsets_sweep(srv);
         /* A reload that waited for a drain may start now. */
         reload_next(srv);
 }
@@ -175,7 +176,16 @@ static void reload_current(const struct server *srv, unsigned gen, struct aiot_s
                 .max_lifetime = srv->max_lifetime,
                 .lifetime_jitter = srv->lifetime_jitter,
                 .max_rss = srv->max_rss,
+                .max_requests = srv->max_requests,
+                .requests_jitter = srv->requests_jitter,
         };
+        /* The newest set's addresses: a hook that leaves them keeps the sockets. */
+        if (srv->n_lsets) {
+                const struct lset *ls = srv->lsets[srv->n_lsets - 1];
+
+                r->binds = (const char *const *)ls->binds + ls->n_activated;
+                r->n_binds = ls->n - ls->n_activated;
+        }
 }
 
 static void reload_apply(struct server *srv, const struct aiot_server_reload *r)
@@ -192,6 +202,8 @@ static void reload_apply(struct server *srv, const struct aiot_server_reload *r)
         srv->max_lifetime = r->max_lifetime;
         srv->lifetime_jitter = r->lifetime_jitter;
         srv->max_rss = r->max_rss;
+        srv->max_requests = r->max_requests;
+        srv->requests_jitter = r->requests_jitter;
         aiot__policy_start(srv);
 }
 
@@ -224,6 +236,12 @@ static int reload_hook(struct server *srv, unsigned gen, char *why, size_t len)
                         snprintf(why, len, "the reload hook gave extra process %zu no function", i);
                         return -1;
                 }
+        /* New addresses are bound before anything is forked: a failure refuses the reload. */
+        if ((r.n_binds && !r.binds) || aiot__lset_change(srv, gen, r.binds, r.n_binds, why, len) < 0) {
+                if (r.n_binds && !r.binds)
+                        snprintf(why, len, "the reload hook gave %zu bind addresses and no array", r.n_binds);
+                return -1;
+        }
         reload_apply(srv, &r);
         srv->reload_applied = true;
         return 0;
@@ -231,7 +249,7 @@ static int reload_hook(struct server *srv, unsigned gen, char *why, size_t len)
 
 /* A generation older than the serving one that still has processes (it
  * drains), or 0. */
-static unsigned draining_gen(const struct server *srv)
+unsigned aiot__gen_draining(const struct server *srv)
 {
         for (size_t i = 0; i < srv->n_procs; i++)
                 if (srv->procs[i]->gen < srv->gen && aiot__proc_live(srv->procs[i]))
@@ -241,7 +259,7 @@ static unsigned draining_gen(const struct server *srv)
 
 static void reload_next(struct server *srv)
 {
-        if (srv->reload_pending && srv->state == SRV_RUNNING && !srv->new_gen && !draining_gen(srv)) {
+        if (srv->reload_pending && srv->state == SRV_RUNNING && !srv->new_gen && !aiot__gen_draining(srv)) {
                 srv->reload_pending = false;
                 reload_start(srv);
         }
@@ -270,6 +288,12 @@ static void reload_done(struct server *srv)
         srv->new_gen = 0;
         srv->reloads_done++;
         srv->reload_applied = false;
+        if (srv->upgrading) {
+                srv->upgrading = false;
+                srv->upgrades_done++;
+                aiot_log(AIOT_LOG_NOTICE, "upgrade: generation %u of the new program is ready (pid %d)", srv->gen,
+                         (int)srv->pid);
+        }
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u ready, stopping generation %u", srv->gen, old);
         aiot__control_reload_ended(srv, srv->gen, NULL);
         stop_generation_if(srv, older_than, srv->gen);
@@ -287,9 +311,16 @@ void aiot__reload_fail(struct server *srv, const char *why)
 
         srv->new_gen = 0;
         srv->reloads_failed++;
+        aiot__lset_drop(srv, failed);
         if (srv->reload_applied) {
                 reload_apply(srv, &srv->serving);
                 srv->reload_applied = false;
+        }
+        if (srv->upgrading) {
+                srv->upgrading = false;
+                srv->upgrades_failed++;
+                aiot_log(AIOT_LOG_ERR, "upgrade failed: the new program's generation %u did not start; the adopted "
+                         "generation %u serves on", failed, srv->gen);
         }
         aiot_log(AIOT_LOG_ERR, "reload failed: %s; generation %u keeps serving", why, srv->gen);
         aiot__control_reload_ended(srv, failed, why);
@@ -301,7 +332,9 @@ void aiot__reload_fail(struct server *srv, const char *why)
         reload_next(srv);
 }
 
-static void reload_start(struct server *srv)
+/* A reload, or (use_hook false) an upgraded image's own first generation:
+ * no hook (the image has just loaded its code), the config's addresses. */
+static void generation_start(struct server *srv, bool use_hook)
 {
         char status[64], why[300];
         unsigned gen;
@@ -317,23 +350,27 @@ static void reload_start(struct server *srv)
         /* At most one draining generation: a reload waits until the one
          * before has gone (its drain, bounded by the stop timeout) rather
          * than killing it with its connections. */
-        if (draining_gen(srv)) {
+        if (aiot__gen_draining(srv)) {
                 if (!srv->reload_pending)
                         aiot_log(AIOT_LOG_NOTICE, "reload waits for generation %u to drain (at most one draining generation)",
-                                 draining_gen(srv));
+                                 aiot__gen_draining(srv));
                 srv->reload_pending = true;
                 return;
         }
         gen = srv->new_gen = ++srv->next_gen;
         aiot__control_reload_started(srv, gen);
-        aiot_log(AIOT_LOG_NOTICE, "SIGHUP received, reloading: starting generation %u", gen);
-        snprintf(status, sizeof(status), "reloading: starting generation %u", gen);
+        if (use_hook)
+                aiot_log(AIOT_LOG_NOTICE, "SIGHUP received, reloading: starting generation %u", gen);
+        else
+                aiot_log(AIOT_LOG_NOTICE, "upgrade: starting generation %u of the new program", gen);
+        snprintf(status, sizeof(status), "%s: starting generation %u", use_hook ? "reloading" : "upgrading", gen);
         aiot__notify(srv, AIOT__SD_RELOADING, status);
         if (aiot__gen_open(srv, gen) < 0) {
                 aiot__reload_fail(srv, "out of memory");
                 return;
         }
-        if (reload_hook(srv, gen, why, sizeof(why)) < 0) {
+        if (use_hook ? reload_hook(srv, gen, why, sizeof(why)) < 0
+                     : aiot__lset_change(srv, gen, srv->cfg_binds, srv->n_cfg_binds, why, sizeof(why)) < 0) {
                 aiot__reload_fail(srv, why);
                 return;
         }
@@ -349,6 +386,17 @@ static void reload_start(struct server *srv)
                 }
                 aiot__proc_transition(p, PE_START, 0);
         }
+}
+
+static void reload_start(struct server *srv)
+{
+        generation_start(srv, true);
+}
+
+void aiot__upgrade_new_generation(struct server *srv)
+{
+        srv->upgrading = true;
+        generation_start(srv, false);
 }
 
 /* ---------------------------------------------------------------- recycle */
@@ -424,6 +472,14 @@ static size_t proc_rss(pid_t pid)
         return n == 2 ? (size_t)resident * (size_t)sysconf(_SC_PAGESIZE) : 0;
 }
 
+/* The handler runs a worker's serving layer has counted in its status record. */
+static uint64_t proc_requests(const struct server *srv, const struct proc *p)
+{
+        if (p->beat < 0 || !srv->stats)
+                return 0;
+        return __atomic_load_n(&srv->stats[p->beat].requests, __ATOMIC_RELAXED);
+}
+
 /* A worker the policies may replace now: ready, serving, not being replaced,
  * and no reload or stop under way. */
 static bool policy_may_recycle(const struct server *srv, const struct proc *p)
@@ -447,6 +503,11 @@ static void policy_cb(struct ev_loop *loop, ev_timer *w, int revents)
                         aiot_log(AIOT_LOG_NOTICE, "worker %d (pid %d) has served %.2f s, its lifetime: recycling it",
                                  p->index, (int)p->pid, now - p->ready_at);
                         aiot__recycle_start(p);
+                } else if (p->request_limit > 0 && proc_requests(srv, p) >= p->request_limit) {
+                        aiot_log(AIOT_LOG_NOTICE, "worker %d (pid %d) has served %llu requests, its limit %llu: "
+                                 "recycling it", p->index, (int)p->pid, (unsigned long long)proc_requests(srv, p),
+                                 (unsigned long long)p->request_limit);
+                        aiot__recycle_start(p);
                 } else if (srv->max_rss > 0 && (rss = proc_rss(p->pid)) > srv->max_rss) {
                         aiot_log(AIOT_LOG_NOTICE,
                                  "worker %d (pid %d) uses %zu KiB, more than its memory limit of %zu KiB: "
@@ -456,12 +517,14 @@ static void policy_cb(struct ev_loop *loop, ev_timer *w, int revents)
         }
 }
 
-/* The policy tick: a tenth of the lifetime, at most a second. */
+/* The policy tick: a tenth of the lifetime, at most a second; a twentieth of a
+ * second with a request limit (a worker serves on while it is counted, so
+ * the tick bounds how far past its limit it goes). */
 void aiot__policy_start(struct server *srv)
 {
-        double period = 1.0;
+        double period = srv->max_requests ? 0.05 : 1.0;
 
-        if (!srv->evl || (srv->max_lifetime <= 0 && srv->max_rss == 0))
+        if (!srv->evl || (srv->max_lifetime <= 0 && srv->max_rss == 0 && srv->max_requests == 0))
                 return;
         if (srv->max_lifetime > 0 && srv->max_lifetime / 10 < period)
                 period = srv->max_lifetime / 10 < 0.01 ? 0.01 : srv->max_lifetime / 10;
@@ -475,13 +538,19 @@ void aiot__policy_start(struct server *srv)
         ev_timer_start(srv->evl, &srv->policy_w);
 }
 
-/* This incarnation's lifetime: the limit plus its share of the jitter, so
- * that workers started together are not all replaced at once. */
-static void draw_lifetime(struct server *srv, struct proc *p)
+/* This incarnation's lifetime and request limit: each limit plus its share
+ * of its jitter, so that workers started together are not all replaced at
+ * once. */
+void aiot__gen_draw_limits(struct proc *p)
 {
+        struct server *srv = p->srv;
         double u = (double)rand_r(&srv->rand_seed) / ((double)RAND_MAX + 1.0);
 
         p->lifetime = srv->max_lifetime + u * srv->lifetime_jitter;
+        u = (double)rand_r(&srv->rand_seed) / ((double)RAND_MAX + 1.0);
+        p->request_limit = srv->max_requests
+                                   ? srv->max_requests + (uint64_t)(u * ((double)srv->requests_jitter + 1.0))
+                                   : 0;
 }
 
 /* ---------------------------------------------------------------- a process became ready */
@@ -493,7 +562,7 @@ void aiot__gen_proc_ready(struct proc *p, bool again)
         struct server *srv = p->srv;
         char status[96];
 
-        draw_lifetime(srv, p);
+        aiot__gen_draw_limits(p);
         if (srv->state == SRV_STARTING) {
                 if (aiot__gen_ready(srv, srv->gen))
                         server_all_ready(srv);
@@ -598,6 +667,8 @@ void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
                 scale_down(srv, "SIGTTOU");
                 break;
         case SIGUSR2:
+                (void)aiot__upgrade_start(srv, "SIGUSR2");
+                break;
         case SIGWINCH:
                 aiot_log(AIOT_LOG_INFO, "SIG%s received: it has no use here, ignored",
                          sigabbrev_np(w->signum) ?: "?");

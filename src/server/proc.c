@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "aiotools/fork.h"
+#include "fork-internal.h"
 #include "aiotools/log.h"
 #include "macro.h"
 #include "server-internal.h"
@@ -49,6 +50,7 @@ static void respawn_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void abort_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void setup_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static enum proc_state proc_ready(struct proc *p);
 
 /* ---------------------------------------------------------------- the table */
 
@@ -150,6 +152,8 @@ const char *aiot__proc_state_name(enum proc_state st)
 static void proc_spec(const struct proc *p, int report_fd, struct aiot__proc_spec *spec)
 {
         const struct server *srv = p->srv;
+        /* The sockets of its generation (a reload may change the addresses). */
+        const struct lset *ls = aiot__lset_of(srv, p->gen);
 
         *spec = (struct aiot__proc_spec){
                 .kind = p->kind,
@@ -158,10 +162,10 @@ static void proc_spec(const struct proc *p, int report_fd, struct aiot__proc_spe
                 .fn = p->fn,
                 .signals = srv->signals,
                 .n_signals = srv->n_signals,
-                .listeners = srv->listeners,
-                .views = srv->lview,
-                .n_listeners = srv->n_listeners,
-                .n_activated = srv->n_activated,
+                .listeners = ls ? ls->ls : NULL,
+                .views = ls ? ls->views : NULL,
+                .n_listeners = ls ? ls->n : 0,
+                .n_activated = ls ? ls->n_activated : 0,
                 .reuseport = srv->reuseport,
                 .drop_uid = srv->drop_uid,
                 .drop_gid = srv->drop_gid,
@@ -220,6 +224,43 @@ static int proc_spawn(struct proc *p)
         p->pid = aiot_child_pid(p->child);
         p->started_at = aiot__now_mono();
         aiot__channel_opened(p);
+        return 0;
+}
+
+/* An in-place upgrade: a process an earlier image of the supervisor forked,
+ * tracked from here in the state it had there (upgrade.c).  Its first state
+ * is assigned here rather than by a transition: nothing follows from it. */
+int aiot__proc_adopt(struct proc *p, pid_t pid, int report_fd, int beat, enum proc_state st)
+{
+        struct server *srv = p->srv;
+        int r = aiot__child_adopt(srv->evl, pid, child_exit_cb, p, &p->child);
+
+        if (r < 0) {
+                aiot__close(report_fd);
+                return r;
+        }
+        p->pid = pid;
+        p->report_rd = report_fd;
+        if (report_fd >= 0)
+                aiot__channel_opened(p);
+        if (beat >= 0 && beat < BEAT_CELLS && srv->beats && !srv->beat_used[beat]) {
+                p->beat = beat;
+                srv->beat_used[beat] = true;
+                p->beat_last = __atomic_load_n(&srv->beats[beat], __ATOMIC_RELAXED);
+        }
+        p->beat_change = p->started_at = aiot__now_mono();
+        p->state = st;
+        if (st == PROC_READY) {
+                (void)proc_ready(p);
+                aiot__gen_draw_limits(p);
+        } else if (st == PROC_STARTING && srv->setup_timeout > 0) {
+                ev_timer_set(&p->setup_timer, srv->setup_timeout, 0.);
+                ev_timer_start(srv->evl, &p->setup_timer);
+        } else if (st == PROC_STOPPING && srv->stop_timeout >= 0) {
+                /* A draining process gets a fresh stop timeout. */
+                ev_timer_set(&p->stop_timer, srv->stop_timeout, 0.);
+                ev_timer_start(srv->evl, &p->stop_timer);
+        }
         return 0;
 }
 

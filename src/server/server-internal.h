@@ -227,6 +227,18 @@ enum server_state { SRV_STARTING, SRV_RUNNING, SRV_STOPPING, SRV_DONE };
 
 struct server;
 
+/* The listening sockets of a range of generations (lsets.c). */
+#define MAX_LSETS 8
+struct lset {
+        unsigned first_gen;    /* the first generation that listens on it */
+        aiot_listener **ls;    /* socket activation's first */
+        aiot_listener *views;  /* copies of *ls[i], what contexts see */
+        char **binds;          /* the bind string of each, NULL for socket activation's */
+        bool *opened;          /* the sockets this set opened (NULL for set 0) */
+        size_t n, n_activated;
+        bool owns_arrays;      /* ls and views (set 0's are the server's) */
+};
+
 /* The supervisor's record of one process (an index of a generation). */
 struct proc {
         struct server *srv;
@@ -248,6 +260,7 @@ struct proc {
         struct proc *replaces, *replaced_by;
         double ready_at;
         double lifetime; /* this incarnation's share of max_lifetime + jitter */
+        uint64_t request_limit; /* its share of max_requests + jitter; 0: none */
         double backoff; /* the delay of the next respawn */
         int beat;       /* index into srv->beats, or -1 */
         uint64_t beat_last;
@@ -329,6 +342,8 @@ struct server {
         size_t n_listeners;
         size_t n_activated;   /* listeners[0..n_activated) came from LISTEN_FDS */
         aiot_listener *lview; /* copies of *listeners[i], what contexts see */
+        struct lset *lsets[MAX_LSETS]; /* per range of generations, oldest first */
+        size_t n_lsets;
 
         int *entry_fds, *internal_fds, *keep_fds;
         size_t n_entry_fds, n_internal_fds, n_keep_fds;
@@ -354,10 +369,23 @@ struct server {
         /* The recycling policies (generation.c). */
         double max_lifetime, lifetime_jitter;
         size_t max_rss;
+        unsigned long max_requests, requests_jitter;
         unsigned rand_seed;
         ev_timer policy_w;
         unsigned *open_gens;
         size_t n_open_gens, cap_open_gens;
+        /* The in-place upgrade (upgrade.c): the program and its arguments as
+         * started, the state an earlier image handed over, the check run. */
+        int beats_fd, stats_fd; /* the memfds of beats and stats, or -1 */
+        char *exec_path, **exec_argv, *exec_buf;
+        char *up_state;
+        aiot_child *up_child;
+        ev_timer up_timer;
+        bool up_timed_out;
+        bool upgrading; /* the generation starting is the new program's first */
+        unsigned upgrades_done, upgrades_failed;
+        const char *const *cfg_binds; /* the config's addresses, for that generation */
+        size_t n_cfg_binds;
 };
 
 /* supervisor.c */
@@ -381,6 +409,7 @@ bool aiot__proc_active(const struct proc *p);
 bool aiot__proc_live(const struct proc *p);
 const char *aiot__proc_state_name(enum proc_state st);
 void aiot__proc_transition(struct proc *p, enum proc_event ev, int arg);
+int aiot__proc_adopt(struct proc *p, pid_t pid, int report_fd, int beat, enum proc_state st);
 
 /* generation.c */
 bool aiot__gen_ready(const struct server *srv, unsigned gen);
@@ -394,6 +423,9 @@ int aiot__scale_to(struct server *srv, size_t n);
 int aiot__gen_open(struct server *srv, unsigned gen);
 void aiot__policy_start(struct server *srv);
 void aiot__gen_check_retired(struct server *srv);
+unsigned aiot__gen_draining(const struct server *srv);
+void aiot__gen_draw_limits(struct proc *p);
+void aiot__upgrade_new_generation(struct server *srv);
 
 /* channel.c, the supervisor ends */
 int aiot__channel_open(struct proc *p, int *write_fd);
@@ -418,6 +450,28 @@ int aiot__write_pidfile(struct server *srv);
 void aiot__remove_pidfile(struct server *srv);
 int aiot__snapshot_internal(struct server *srv);
 void aiot__snapshot_keep(struct server *srv);
+
+/* upgrade.c */
+void aiot__upgrade_remember(struct server *srv);
+void aiot__upgrade_free(struct server *srv);
+bool aiot__upgrade_is_check(void);
+int aiot__upgrade_read(struct server *srv);
+void aiot__upgrade_take_fds(struct server *srv);
+bool aiot__upgrade_passed_fd(const struct server *srv, int fd);
+int aiot__upgrade_listeners(struct server *srv);
+void aiot__upgrade_adopt(struct server *srv);
+int aiot__upgrade_start(struct server *srv, const char *cause);
+
+/* lsets.c */
+int aiot__lsets_init(struct server *srv, const char *const *binds, size_t n_binds);
+void aiot__lsets_free(struct server *srv);
+const struct lset *aiot__lset_of(const struct server *srv, unsigned gen);
+int aiot__lset_change(struct server *srv, unsigned gen, const char *const *binds, size_t n_binds, char *why,
+                      size_t len);
+void aiot__lset_drop(struct server *srv, unsigned gen);
+void aiot__lsets_sweep(struct server *srv);
+void aiot__lsets_close_all(struct server *srv);
+bool aiot__lsets_has_fd(const struct server *srv, int fd);
 
 /* control.c: the control socket and the metrics listener */
 int aiot__control_open(struct server *srv);

@@ -124,10 +124,7 @@ void aiot__server_fail(struct server *srv)
  * still removed at exit. */
 static void drop_listener_copies(struct server *srv)
 {
-        for (size_t i = 0; i < srv->n_listeners; i++) {
-                srv->listeners[i]->fd = aiot__close(srv->listeners[i]->fd);
-                srv->lview[i].fd = -1;
-        }
+        aiot__lsets_close_all(srv);
 }
 
 /* Relays signo to every process.  A failure is not a stop signal: the main
@@ -206,6 +203,11 @@ static void start_cb(struct ev_loop *loop, ev_timer *w, int revents)
         struct server *srv = w->data;
         char status[64];
 
+        /* An upgraded image has adopted the serving generation already. */
+        if (srv->upgrading && srv->state == SRV_RUNNING && !srv->new_gen) {
+                aiot__upgrade_new_generation(srv);
+                return;
+        }
         if (srv->state != SRV_STARTING)
                 return;
         aiot__snapshot_keep(srv);
@@ -308,6 +310,17 @@ void aiot__drop_parent_watchers(void *arg)
                 ev_signal_stop(srv->evl, &srv->chldw);
 }
 
+/* Fds an earlier image handed over are the supervisor's, not the caller's. */
+static void drop_passed_fds(struct server *srv)
+{
+        size_t k = 0;
+
+        for (size_t i = 0; i < srv->n_entry_fds; i++)
+                if (!aiot__upgrade_passed_fd(srv, srv->entry_fds[i]))
+                        srv->entry_fds[k++] = srv->entry_fds[i];
+        srv->n_entry_fds = k;
+}
+
 static void server_free(struct server *srv)
 {
         for (size_t i = 0; i < srv->n_procs; i++)
@@ -327,7 +340,9 @@ static void server_free(struct server *srv)
                 aiot__notify_free(srv);
         }
         aiot__control_close(srv);
+        aiot__upgrade_free(srv);
         aiot__remove_pidfile(srv);
+        aiot__lsets_free(srv);
         aiot_listeners_free(srv->listeners, srv->n_listeners);
         aiot_event_free(srv->done_ev);
         if (srv->loop)
@@ -375,8 +390,10 @@ static void setup_watchers(struct server *srv)
                 p = ORPHAN_POLL;
         if (aiot_sd_watchdog_usec(&wd_usec) > 0 && wd_usec > 0)
                 srv->wd_half = (double)wd_usec / 2e6;
-        /* The control socket reads the status records beside the heartbeats. */
-        if (srv->worker_timeout > 0 || srv->wd_half > 0 || srv->control_path || srv->metrics_addr)
+        /* The control socket and the request limit read the status records
+         * beside the heartbeats (a reload may set the limit). */
+        if (srv->worker_timeout > 0 || srv->wd_half > 0 || srv->control_path || srv->metrics_addr ||
+            srv->max_requests || srv->reload_fn || srv->beats_fd >= 0)
                 (void)aiot__beats_setup(srv);
         /* Eight ticks per timeout: a stall is seen at most a quarter of the
          * timeout late, which leaves room for the abort grace within
@@ -473,11 +490,28 @@ int aiot_server_run(const struct aiot_server_config *cfg)
         srv->pid = getpid();
         srv->started_at = aiot__now_mono();
         srv->main = (aiot_worker){.kind = AIOT_MAIN, .index = AIOT_INDEX_MAIN, .report_fd = -1};
+        srv->beats_fd = srv->stats_fd = -1;
         if (aiot__check_config(srv, cfg) < 0) {
                 server_free(srv);
                 free(srv);
                 return AIOT_EXIT_USAGE;
         }
+        /* The check run of an in-place upgrade ends here (upgrade.c). */
+        if (aiot__upgrade_is_check()) {
+                aiot_log(AIOT_LOG_INFO, "upgrade check: the new program starts and its configuration is valid");
+                server_free(srv);
+                free(srv);
+                return AIOT_EXIT_OK;
+        }
+        srv->cfg_binds = cfg->binds;
+        srv->n_cfg_binds = cfg->n_binds;
+        if (aiot__upgrade_read(srv) < 0) {
+                server_free(srv);
+                free(srv);
+                return AIOT_EXIT_FAILURE;
+        }
+        aiot__upgrade_take_fds(srv);
+        aiot__upgrade_remember(srv);
         srv->main.signals = srv->signals;
         srv->main.n_signals = srv->n_signals;
         srv->main.argc = srv->argc;
@@ -494,6 +528,7 @@ int aiot_server_run(const struct aiot_server_config *cfg)
                 (void)aiot__proctitle_set(title, NULL);
         }
         (void)aiot__fd_snapshot(&srv->entry_fds, &srv->n_entry_fds);
+        drop_passed_fds(srv);
         sigemptyset(&ign.sa_mask);
         sigaction(SIGPIPE, &ign, &old_pipe);
 
@@ -506,7 +541,9 @@ int aiot_server_run(const struct aiot_server_config *cfg)
         srv->main.loop = srv->loop;
         setup_watchers(srv);
 
-        if (aiot__open_listeners(srv, cfg) < 0 || aiot__control_open(srv) < 0 || aiot__write_pidfile(srv) < 0) {
+        if ((srv->up_state ? aiot__upgrade_listeners(srv) < 0
+                           : aiot__open_listeners(srv, cfg) < 0 || aiot__lsets_init(srv, cfg->binds, cfg->n_binds) < 0) ||
+            aiot__control_open(srv) < 0 || aiot__write_pidfile(srv) < 0) {
                 status = AIOT_EXIT_USAGE;
                 goto out;
         }
@@ -514,6 +551,10 @@ int aiot_server_run(const struct aiot_server_config *cfg)
         srv->main.n_listeners = srv->n_listeners;
         /* From here the supervisor's fds are known; the main context's are kept. */
         (void)aiot__snapshot_internal(srv);
+        if (srv->up_state) {
+                aiot__snapshot_keep(srv);
+                aiot__upgrade_adopt(srv);
+        }
         r = run_loop(srv);
         if (r < 0) {
                 aiot_log(AIOT_LOG_ERR, "cannot run the supervisor loop: %s", strerror(-r));

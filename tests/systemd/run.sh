@@ -17,6 +17,9 @@
 #  2. reload: `systemctl reload` x3 under keep-alive load: ActiveState sampled
 #     throughout is only active/reloading, MainPID unchanged, new workers,
 #     StatusText "2 workers, generation 4", no request lost or refused;
+#  2b. upgrade: the program file replaced, SIGUSR2 to the main process under
+#     keep-alive load: MainPID unchanged, /proc/MainPID/exe the new file,
+#     ActiveState only active/reloading, new workers, nothing lost or refused;
 #  3. stop: every process of the unit's cgroup gone, well within
 #     TimeoutStopSec, Result=success;
 #  4. watchdog: WatchdogSec=2 and a worker loop blocked (proofmod "hang"):
@@ -137,6 +140,39 @@ check "keep-alive load during 3 reloads: $(get answered) answered, 0 lost, 0 ref
         test "$(get answered)" -gt 100 -a "$(get lost)" = 0 -a "$(get lost_first)" = 0 -a "$(get refused)" = 0
 
 # ---- 3. stop
+# ---- 2b. in-place upgrade under load
+echo "# 2b. upgrade ($HH): /usr/local/bin/aiotools-serve replaced, SIGUSR2 to the main process, under keep-alive load"
+main=$(prop "$HH" MainPID)
+before=$(procs "$HH" | grep -vx "$main")
+exe_before=$(R readlink /proc/"$main"/exe)
+R sh -c "cp /usr/local/bin/aiotools-serve /usr/local/bin/.aiotools-serve.new && mv -f /usr/local/bin/.aiotools-serve.new /usr/local/bin/aiotools-serve"
+ino=$(R stat -c %i /usr/local/bin/aiotools-serve)
+R sh -c "python3 /usr/local/share/proof-client.py 18080 4 6 > /tmp/client.out 2>&1 & echo \$! > /tmp/client.pid
+        while :; do systemctl show -P ActiveState $HH; done > /tmp/states 2>&1 & p=\$!
+        sleep 0.5
+        systemctl kill -s USR2 --kill-whom=main $HH
+        for i in \$(seq 100); do journalctl -u $HH | grep -q 'of the new program is ready' && break; sleep 0.1; done
+        sleep 0.5; kill \$p; wait \$p 2>/dev/null
+        while kill -0 \$(cat /tmp/client.pid) 2>/dev/null; do sleep 0.1; done"
+R cat /tmp/states | sort | uniq -c | sed 's/^ */# states: /'
+nstates=$(R cat /tmp/states | wc -l)
+bad=$(R cat /tmp/states | grep -vxE 'active|reloading' | sort -u | tr '\n' ' ')
+echo "# upgrade: MainPID $main -> $(prop "$HH" MainPID), exe $exe_before -> $(R readlink /proc/"$main"/exe) (inode $(R stat -L -c %i /proc/"$main"/exe), file $ino)"
+check "upgrade: the journal has the new program's generation ready" \
+        eval 'R journalctl -u "$HH" | grep -q "of the new program is ready"'
+check "upgrade: ActiveState only active/reloading in $nstates samples${bad:+ (also: $bad)}" \
+        test "$nstates" -gt 10 -a -z "$bad"
+check "upgrade: MainPID unchanged ($main -> $(prop "$HH" MainPID))" test "$(prop "$HH" MainPID)" = "$main"
+check "upgrade: /proc/MainPID/exe is the new file" test "$(R stat -L -c %i /proc/"$main"/exe)" = "$ino"
+after=$(procs "$HH" | grep -vx "$main")
+check "upgrade: new workers (old: $(echo $before); new: $(echo $after))" \
+        test -z "$(comm -12 <(echo "$before") <(echo "$after"))" -a "$(echo "$after" | wc -l)" = 2
+R cat /tmp/client.out > "$tmp/client.out"
+echo "figure: systemd_upgrade_requests_answered $(get answered)"
+echo "figure: systemd_upgrade_requests_lost $(( $(get lost) + $(get lost_first) )) refused $(get refused)"
+check "keep-alive load during the upgrade: $(get answered) answered, 0 lost, 0 refused" \
+        test "$(get answered)" -gt 100 -a "$(get lost)" = 0 -a "$(get lost_first)" = 0 -a "$(get refused)" = 0
+
 echo "# 3. stop ($HH)"
 cg=$(prop "$HH" ControlGroup)
 unit_pids=$(procs "$HH")

@@ -17,6 +17,8 @@
 #  2. reload: `systemctl reload` x3 under keep-alive load: ActiveState sampled
 #     throughout is only active/reloading, MainPID unchanged, new workers,
 #     StatusText "2 workers, generation 4", no request lost or refused;
+#  2a. module reload: a new build of a module at the same path answers after
+#     `systemctl reload` (MainPID unchanged);
 #  2b. upgrade: the program file replaced, SIGUSR2 to the main process under
 #     keep-alive load: MainPID unchanged, /proc/MainPID/exe the new file,
 #     ActiveState only active/reloading, new workers, nothing lost or refused;
@@ -140,6 +142,30 @@ check "keep-alive load during 3 reloads: $(get answered) answered, 0 lost, 0 ref
         test "$(get answered)" -gt 100 -a "$(get lost)" = 0 -a "$(get lost_first)" = 0 -a "$(get refused)" = 0
 
 # ---- 3. stop
+# ---- 2a. systemctl reload loads a new build of the module
+VM=aiotools-serve@versionmod.service
+echo "# 2a. module reload ($VM): a new build at the same path, then systemctl reload"
+for v in v1 v2; do
+        ${CC:-cc} -shared -fPIC -O1 -I"$src/include" -DVERSION="\"$v\"" -o "$tmp/versionmod-$v.so" \
+                "$src/tests/versionmod.c" || { echo "FAIL - cannot build tests/versionmod.c"; exit 1; }
+done
+S cp "$tmp/versionmod-v1.so" "$MODDIR/versionmod.so"
+S cp "$tmp/versionmod-v2.so" "$MODDIR/.versionmod-v2.so"
+R sh -c "chmod 644 $MODDIR/*.so && printf '%s\n' 'AIOTOOLS_SERVE_ARGS=\"--workers=2 --bind=127.0.0.1:18082\"' > /etc/default/aiotools-serve-versionmod"
+R systemctl start "$VM"
+main=$(prop "$VM" MainPID)
+v_before=$(ask_in 18082 x)
+R mv -f "$MODDIR/.versionmod-v2.so" "$MODDIR/versionmod.so"
+R systemctl reload "$VM"
+rc=$?
+v_after=$(ask_in 18082 x)
+echo "# module reload: answers '$v_before' -> '$v_after', MainPID $main -> $(prop "$VM" MainPID)"
+check "module reload: the first build answers v1 ($v_before)" grep -q '^v1 ' <<<"$v_before"
+check "module reload: systemctl reload succeeded (rc $rc)" test "$rc" = 0
+check "module reload: the new build at the same path answers v2 after it ($v_after)" grep -q '^v2 ' <<<"$v_after"
+check "module reload: MainPID unchanged" test "$(prop "$VM" MainPID)" = "$main"
+R systemctl stop "$VM"
+
 # ---- 2b. in-place upgrade under load
 echo "# 2b. upgrade ($HH): /usr/local/bin/aiotools-serve replaced, SIGUSR2 to the main process, under keep-alive load"
 main=$(prop "$HH" MainPID)

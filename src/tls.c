@@ -201,8 +201,11 @@ static int ctx_make(aiot_tls *t, size_t i, const char *cert, const char *key, co
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
         if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
                 return fail(err, len, -EINVAL, "TLS certificate '%s': %s", cert, ssl_reason());
-        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+                if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
+                        return fail(err, len, -EINVAL, "TLS key '%s' does not match certificate '%s'", key, cert);
                 return fail(err, len, -EINVAL, "TLS key '%s': %s", key, ssl_reason());
+        }
         if (SSL_CTX_check_private_key(ctx) != 1)
                 return fail(err, len, -EINVAL, "TLS key '%s' does not match certificate '%s'", key, cert);
         t->leaf[i] = SSL_CTX_get0_certificate(ctx);

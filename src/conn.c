@@ -110,6 +110,14 @@ bool aiot__conn_pending(const aiot_conn *c)
         return aiot__conn_buffered(c) > 0 || (c->tls && aiot__tls_pending(c->tls));
 }
 
+int aiot_conn_tls(const aiot_conn *c, const char **alpn)
+{
+        aiot__return_if(!c, -EINVAL);
+        if (alpn)
+                *alpn = c->tls ? aiot__tls_alpn(c->tls) : NULL;
+        return c->tls || c->tls_todo;
+}
+
 void *aiot_conn_state(aiot_conn *c)
 {
         return c && c->has_state ? c->state : NULL;

@@ -29,21 +29,12 @@
 
 #include "aiotools/io.h"
 #include "aiotools/log.h"
-#include "conn-internal.h"
 #include "macro.h"
 #include "tls-internal.h"
 
 bool aiot__tls_listener(const char *name)
 {
         return name && (strncmp(name, "tls:", 4) == 0 || strcmp(name, "tls") == 0 || strncmp(name, "tls-", 4) == 0);
-}
-
-int aiot_conn_tls(const aiot_conn *c, const char **alpn)
-{
-        aiot__return_if(!c, -EINVAL);
-        if (alpn)
-                *alpn = c->tls ? aiot__tls_alpn(c->tls) : NULL;
-        return c->tls || c->tls_todo;
 }
 
 #ifdef HAVE_OPENSSL

@@ -121,7 +121,7 @@ for f in src/*.c src/*.h src/runtime/*.c src/runtime/*.h src/server/*.c src/serv
 done
 
 # Clients of the library: public headers only.
-for f in daemon/*.c daemon/*.h examples/*.c tests/srvtest.c tests/proofmod.c tests/badabi.c tests/nosym.c tests/oldabi.c tests/ctlmod.c; do
+for f in daemon/*.c daemon/*.h examples/*.c tests/srvtest.c tests/proofmod.c tests/badabi.c tests/nosym.c tests/oldabi.c tests/ctlmod.c tests/tlsmod.c; do
         [ -f "$f" ] || continue
         files=$((files + 1))
         includes "$f" > "${TMPDIR:-/tmp}/layering.$$"

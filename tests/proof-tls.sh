@@ -25,6 +25,8 @@
 #     running generation keeps serving its certificate; then three
 #     certificate reloads under load: zero failed requests.
 # Prints ok/FAIL lines and "N passed, N failed".
+# PROOF_VALGRIND=DIR runs every server under valgrind memcheck (children
+# traced, logs DIR/vg.PID.log; slow: about 5 minutes), to be read afterwards.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 . "${top_srcdir:-.}/tests/proof-lib.sh"
 command -v python3 >/dev/null 2>&1 || missing "python3 is not installed"
@@ -64,15 +66,20 @@ leaf beta beta.test DNS:beta.test,DNS:www.beta.test 2
 leaf old localhost DNS:localhost -1
 q openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out other.key
 
+WRAP=()
+if [ -n "${PROOF_VALGRIND:-}" ]; then
+        WRAP=("$bld/libtool" --mode=execute valgrind --trace-children=yes --leak-check=full
+              --errors-for-leak-kinds=definite,indirect --log-file="$PROOF_VALGRIND/vg.%p.log")
+fi
 # serve LABEL [OPTIONS...] MODULE: starts aiotools-serve; sets $spid $port $out.
 serve() {
         local label=$1
         shift
         out="$tmp/$label.out"
-        "$SERVE" "$@" > "$out" 2>&1 &
+        "${WRAP[@]}" "$SERVE" "$@" > "$out" 2>&1 &
         spid=$!
         track "$spid"
-        wait_for 20 grep -q "all [0-9]* workers\? ready" "$out" ||
+        wait_for 60 grep -q "all [0-9]* workers\? ready" "$out" ||
                 { echo "FAIL - [$label] server did not start"; cat "$out"; exit 1; }
         port=$(log_port "$out")
 }
@@ -257,4 +264,7 @@ grep '^failure' "$tmp/load.txt" | sed 's/^/#   /'
 check "after them the last certificate is served" eval '[ "$(served_serial)" = "$(serial local.pem)" ]'
 stop_server
 check "it stops cleanly (exit 0)" eval '[ $rc = 0 ]'
+# In a sanitizer build (configure --enable-sanitizers) any report lands in a log.
+check "no sanitizer or valgrind report in any server log" \
+        eval '! grep -l "AddressSanitizer\|LeakSanitizer\|runtime error:\|ERROR SUMMARY: [1-9]" "$tmp"/*.out'
 summary

@@ -67,7 +67,9 @@ leaf old localhost DNS:localhost -1
 q openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out other.key
 
 WRAP=()
+SC_WAIT=0.3 # how long s_client waits for the answer before it closes
 if [ -n "${PROOF_VALGRIND:-}" ]; then
+        SC_WAIT=3
         WRAP=("$bld/libtool" --mode=execute valgrind --trace-children=yes --leak-check=full
               --errors-for-leak-kinds=definite,indirect --log-file="$PROOF_VALGRIND/vg.%p.log")
 fi
@@ -93,7 +95,7 @@ stop_server() {
 sc() {
         local p=$1
         shift
-        (printf 'hello\n'; sleep 0.3) | timeout 10 openssl s_client -connect "127.0.0.1:$p" -CAfile ca.pem "$@" \
+        (printf 'hello\n'; sleep "$SC_WAIT") | timeout 20 openssl s_client -connect "127.0.0.1:$p" -CAfile ca.pem "$@" \
                 > "$tmp/sc.out" 2>&1
 }
 has() { grep -q -- "$1" "$tmp/sc.out"; }

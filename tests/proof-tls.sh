@@ -42,8 +42,10 @@ echo "# loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 if ! grep -q '^#define HAVE_OPENSSL 1' "$bld/config.h"; then
         # Built --with-openssl=no: TLS is refused, with the reason.
         "$SERVE" -b tls:127.0.0.1:0 --tls-cert=/dev/null --tls-key=/dev/null "$TLSMOD" > "$tmp/no.out" 2>&1
+        r=$?
+        echo "#   $(cat "$tmp/no.out")"
         check "without OpenSSL --tls-cert is refused (exit 2, naming the cause)" \
-                eval '[ $? = 2 ] && grep -q "built without OpenSSL" "$tmp/no.out"'
+                eval '[ $r = 2 ] && grep -q "built without OpenSSL" "$tmp/no.out"'
         summary
         exit
 fi

@@ -15,6 +15,8 @@ build="$top/build"
 DEPS="build-essential autoconf automake libtool pkg-config libev-dev libsystemd-dev
       check libsubunit-dev libseccomp-dev mandoc valgrind systemd python3 bc wrk
       gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+# TLS (issue 15): OpenSSL to build it, the openssl and curl clients for tests/proof-tls.sh.
+DEPS="$DEPS libssl-dev openssl curl"
 
 install_missing() {
         missing=""

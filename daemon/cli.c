@@ -6,6 +6,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ enum opt_id {
         OPT_CONTROL, OPT_CONTROL_GROUP, OPT_METRICS, OPT_SETUP_TIMEOUT,
         OPT_CONFIG, OPT_MAX_WORKER_LIFETIME, OPT_MAX_WORKER_LIFETIME_JITTER, OPT_MAX_WORKER_MEMORY,
         OPT_MAX_REQUESTS, OPT_MAX_REQUESTS_JITTER,
+        OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_ALPN,
 };
 
 struct opt {
@@ -62,6 +64,9 @@ static const struct opt opts[] = {
         { "max-worker-memory", 0, 1, OPT_MAX_WORKER_MEMORY },
         { "max-requests", 0, 1, OPT_MAX_REQUESTS },
         { "max-requests-jitter", 0, 1, OPT_MAX_REQUESTS_JITTER },
+        { "tls-cert", 0, 1, OPT_TLS_CERT },
+        { "tls-key", 0, 1, OPT_TLS_KEY },
+        { "tls-alpn", 0, 1, OPT_TLS_ALPN },
 };
 
 static const struct {
@@ -381,6 +386,23 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
                         return fail(err, errlen, "empty path for %s", display);
                 cfg->config = val;
                 return 0;
+        case OPT_TLS_CERT:
+        case OPT_TLS_KEY: {
+                size_t *count = o->id == OPT_TLS_CERT ? &cfg->n_tls_certs : &cfg->n_tls_keys;
+
+                if (!*val)
+                        return fail(err, errlen, "empty path for %s", display);
+                if (*count == CLI_MAX_TLS_CERTS)
+                        return fail(err, errlen, "too many %s files (at most %d)", display, CLI_MAX_TLS_CERTS);
+                (o->id == OPT_TLS_CERT ? cfg->tls_certs : cfg->tls_keys)[(*count)++] = val;
+                return 0;
+        }
+        case OPT_TLS_ALPN:
+                if (!*val || val[strlen(val) - 1] == ',' || *val == ',' || strstr(val, ",,"))
+                        return fail(err, errlen, "invalid ALPN list '%s' for %s: expected names separated by "
+                                    "commas, e.g. h2,http/1.1", val, display);
+                cfg->tls_alpn = val;
+                return 0;
         }
         return fail(err, errlen, "internal error");
 }
@@ -505,6 +527,27 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
         return cli_validate(cfg, err, errlen);
 }
 
+/* Every certificate has its key, and TLS binds have certificates (and the
+ * reverse, where binds are given: socket activation may bring "tls" ones). */
+static int cli_validate_tls(const struct cli_config *cfg, char *err, size_t errlen)
+{
+        bool marked = false;
+
+        for (size_t i = 0; i < cfg->n_binds; i++)
+                marked = marked || strncmp(cfg->binds[i], "tls:", 4) == 0;
+        if (cfg->n_tls_certs != cfg->n_tls_keys)
+                return fail(err, errlen, "%zu --tls-cert but %zu --tls-key: give one key per certificate, in order",
+                            cfg->n_tls_certs, cfg->n_tls_keys);
+        if (marked && cfg->n_tls_certs == 0)
+                return fail(err, errlen, "a --bind address is marked tls: but no --tls-cert/--tls-key is given");
+        if (cfg->n_tls_certs > 0 && cfg->n_binds > 0 && !marked)
+                return fail(err, errlen, "--tls-cert is given but no --bind address is marked for TLS "
+                            "(e.g. --bind=tls:0.0.0.0:443)");
+        if (cfg->tls_alpn && cfg->n_tls_certs == 0)
+                return fail(err, errlen, "--tls-alpn needs --tls-cert and --tls-key");
+        return 0;
+}
+
 int cli_validate(const struct cli_config *cfg, char *err, size_t errlen)
 {
         if (!cfg->module)
@@ -515,7 +558,7 @@ int cli_validate(const struct cli_config *cfg, char *err, size_t errlen)
                 return fail(err, errlen, "--max-worker-lifetime-jitter needs --max-worker-lifetime");
         if (cfg->max_requests_jitter > 0 && cfg->max_requests == 0)
                 return fail(err, errlen, "--max-requests-jitter needs --max-requests");
-        return 0;
+        return cli_validate_tls(cfg, err, errlen);
 }
 
 int cli_option_takes_value(const char *name)

@@ -12,6 +12,7 @@
 #define CLI_MAX_CONNECTIONS 10000000
 #define CLI_MAX_BLOCKING_THREADS 1024 /* aiot_loop_new()'s limit */
 #define CLI_MAX_MEMORY (1ULL << 50)
+#define CLI_MAX_TLS_CERTS 16
 
 struct cli_config {
         int workers;                    /* 0: online CPUs */
@@ -49,6 +50,13 @@ struct cli_config {
         unsigned long long max_worker_memory; /* bytes of RSS; 0: no limit */
         unsigned long max_requests;     /* handler runs per worker; 0: no limit */
         unsigned long max_requests_jitter;
+        /* TLS for the binds marked "tls:": certificate/key pairs (the first
+         * the default, the others chosen by SNI) and the ALPN list. */
+        const char *tls_certs[CLI_MAX_TLS_CERTS];
+        size_t n_tls_certs;
+        const char *tls_keys[CLI_MAX_TLS_CERTS];
+        size_t n_tls_keys;
+        const char *tls_alpn;           /* --tls-alpn=LIST, or NULL: the module's */
 };
 
 /* Parses argv (argv[0] is the program name) into *cfg.  Strings in *cfg point

@@ -221,10 +221,13 @@ void conffile_free(struct conf_file *f)
         memset(f, 0, sizeof(*f));
 }
 
-/* Whether a file option is the --bind one the command line replaces. */
+/* Whether a file option is a --bind (or a TLS certificate or key) that the
+ * command line replaces. */
 static bool dropped(const char *opt, const struct cli_config *cmd)
 {
-        return cmd->n_binds > 0 && strncmp(opt, "--bind=", 7) == 0;
+        return (cmd->n_binds > 0 && strncmp(opt, "--bind=", 7) == 0) ||
+               (cmd->n_tls_certs + cmd->n_tls_keys > 0 &&
+                (strncmp(opt, "--tls-cert=", 11) == 0 || strncmp(opt, "--tls-key=", 10) == 0));
 }
 
 int conffile_merge(const struct conf_file *f, int argc, char **argv, const struct cli_config *cmd, char ***out)

@@ -10,7 +10,12 @@
  * struct load, covering a range of generations; a worker finds its copy by
  * its generation, and a copy is unloaded once all its generations are
  * retired.  A module with a main context keeps the copy loaded at start: the
- * main context runs in the supervisor for the server's whole life. */
+ * main context runs in the supervisor for the server's whole life.
+ *
+ * TLS: each copy also holds the certificates its generation serves
+ * (aiot_tls_new(3)), read in the supervisor at start and at every reload
+ * before the generation is forked, so that a bad pair refuses the start or
+ * the reload and the workers share one context and ticket key. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -69,6 +74,10 @@ static const char usage_text[] =
         "      --max-worker-memory=SIZE  replace a worker whose resident memory exceeds SIZE (e.g. 512M)\n"
         "      --max-requests=N     replace a worker once it has served N requests ...\n"
         "      --max-requests-jitter=J  ... plus up to J more, drawn per worker\n"
+        "      --tls-cert=FILE      PEM certificate (and chain) for the binds marked tls:ADDR;\n"
+        "                           repeatable, the others chosen by SNI\n"
+        "      --tls-key=FILE       PEM private key of each --tls-cert, in order\n"
+        "      --tls-alpn=LIST      ALPN protocols offered, e.g. http/1.1 (default: the module's)\n"
         "      --check              load and validate MODULE (and the addresses), then exit\n"
         "  -h, --help               show this help and exit\n"
         "  -V, --version            show the version and exit\n"
@@ -163,6 +172,7 @@ struct load {
         struct conf_file file;
         char **merged;
         char **margv;                   /* argv[0] = the module path, then its arguments */
+        aiot_tls *tls;                  /* the certificates of its generations, or NULL */
         unsigned first, last, n_retired;
 };
 
@@ -192,6 +202,7 @@ static void load_free(struct load *l)
                 dlclose(l->handle);
         if (l->fd >= 0)
                 close(l->fd);
+        aiot_tls_free(l->tls);
         free(l->margv);
         free(l->merged);
         conffile_free(&l->file);
@@ -421,6 +432,7 @@ static void set_serve_opts(struct load *l)
                 .handler = l->module.conn,
                 .state_size = l->module.conn_state_size,
                 .max_connections = (size_t)cli->max_connections,
+                .tls = l->tls,
         };
         if (cli->idle_timeout >= 0)
                 l->opts.idle_timeout = cli->idle_timeout > 0 ? cli->idle_timeout : -1;
@@ -430,6 +442,23 @@ static void set_serve_opts(struct load *l)
                 l->opts.drain_timeout = cli->drain_timeout > 0 ? cli->drain_timeout : 1e-9;
         if (cli->write_timeout >= 0)
                 l->opts.write_timeout = cli->write_timeout > 0 ? cli->write_timeout : -1;
+}
+
+/* The certificates and keys the settings name, read afresh (at start and at
+ * every reload).  0, or -1 with err naming the file. */
+static int load_tls(struct load *l, char *err, size_t len)
+{
+        struct aiot_tls_opts o = {
+                .size = sizeof(o),
+                .certs = l->cli.tls_certs,
+                .keys = l->cli.tls_keys,
+                .n_certs = l->cli.n_tls_certs,
+                .alpn = l->cli.tls_alpn ? l->cli.tls_alpn : l->module.tls_alpn,
+        };
+
+        if (o.n_certs == 0)
+                return 0;
+        return aiot_tls_new(&o, &l->tls, err, len) < 0 ? -1 : 0;
 }
 
 /* The module sees argv[0] = its path, then its arguments. */
@@ -558,7 +587,7 @@ static int reload_cb(struct aiot_server_reload *r, void *arg)
                 goto fail;
         }
         if (load_settings(l, r->why, sizeof(r->why)) < 0 || reload_module(l, r->why, sizeof(r->why)) < 0 ||
-            set_margv(l) < 0)
+            load_tls(l, r->why, sizeof(r->why)) < 0 || set_margv(l) < 0)
                 goto fail;
         if (l->cli.log_level >= 0)
                 aiot_log_set_level(l->cli.log_level);
@@ -631,7 +660,7 @@ static int serve(int argc, char **argv)
         if (check_binds(cli) != 0)
                 return AIOT_EXIT_USAGE;
         if (check_module_owner(cli->module, err, sizeof(err)) < 0 ||
-            load_module_copy(cli->module, l, err, sizeof(err)) < 0)
+            load_module_copy(cli->module, l, err, sizeof(err)) < 0 || load_tls(l, err, sizeof(err)) < 0)
                 return usage_error("%s", err);
         m = &l->module;
         if (cli->check) {

@@ -225,4 +225,5 @@ const struct aiot_module aiot_module = {
         .conn = hello_conn,
         .conn_state_size = sizeof(struct hello_state),
         .conn_setup = hello_setup,
+        .tls_alpn = "http/1.1", /* offered when it is served over TLS */
 };

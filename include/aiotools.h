@@ -15,5 +15,6 @@
 #include <aiotools/server.h>
 #include <aiotools/conn.h>
 #include <aiotools/module.h>
+#include <aiotools/tls.h>
 
 #endif

@@ -12,6 +12,8 @@
 #include "aiotools/conn.h"
 
 struct aiot__serve;
+struct aiot__tls_conn;
+struct aiot_tls;
 
 /* The buffers, allocated on first use and freed once empty: a kept (idle)
  * connection never holds them. */
@@ -22,20 +24,23 @@ struct aiot__conn_buf {
         size_t out_len, out_cap;
 };
 
-/* Kept small: an idle kept connection holds only this and its state area. */
+/* Kept small: an idle kept connection holds only this and its state area
+ * (and, over TLS, its session without buffers). */
 struct aiot_conn {
         ev_io io;                   /* watches the fd while the connection is kept */
         struct aiot__serve *srv;
         aiot_conn *idle_prev, *idle_next; /* the server's idle or linger list, oldest first */
         double idle_since;          /* libev time when it joined that list */
         struct aiot__conn_buf *buf; /* NULL while both buffers are empty */
+        struct aiot__tls_conn *tls; /* the TLS session once its handshake began, else NULL */
         int fd;
-        /* Bits and a short index, so that the struct stays 96 bytes on 64-bit. */
+        /* Bits and a short index, so that the struct stays 104 bytes on 64-bit. */
         bool drained : 1;           /* the last read emptied the socket: wait before reading */
         bool eof : 1;
         bool busy : 1;              /* a handler task runs for it */
         bool has_state : 1;         /* state_size > 0: aiot_conn_state() is NULL otherwise */
         bool lingering : 1;         /* shut down for writing, discarding input until EOF */
+        bool tls_todo : 1;          /* accepted on a TLS listener: the handshake comes first */
         unsigned short listener;    /* the index of the listener that accepted it */
         max_align_t state[];        /* state_size bytes */
 };
@@ -46,6 +51,8 @@ void aiot__conn_free(aiot_conn *c);            /* closes the fd too */
 void aiot__conn_shrink(aiot_conn *c);          /* frees empty buffers: before keeping it */
 void aiot__conn_drop(aiot_conn *c);            /* frees the buffers, full or not: before lingering */
 size_t aiot__conn_buffered(const aiot_conn *c);
+bool aiot__conn_pending(const aiot_conn *c);   /* bytes buffered here or in the TLS session */
+int aiot__conn_tls_accept(aiot_conn *c, const struct aiot_tls *t); /* the handshake, parking as it asks */
 aiot_worker *aiot__serve_worker(const struct aiot__serve *srv); /* serve.c */
 const aiot_listener *aiot__serve_listener(const struct aiot__serve *srv, unsigned short i); /* serve.c */
 double aiot__serve_write_timeout(const struct aiot__serve *srv); /* serve.c; INFINITY: none */

@@ -14,7 +14,14 @@
  * it sends more would otherwise wait forever.
  *
  * Files go out with sendfile(2) after the buffer was flushed, under the same
- * write timeout as writes (armed only once the socket is full). */
+ * write timeout as writes (armed only once the socket is full).
+ *
+ * TLS: a connection with a session (c->tls, src/tls.c) reads and writes
+ * through it instead, at the same three places (fill, send_all, sendfile),
+ * each one branch that the plaintext path passes with one test.  A TLS step
+ * that would block says whether it needs readability or writability, and the
+ * task parks on that under the same timeouts; files are read and written
+ * through the session (no sendfile: the kernel cannot encrypt them here). */
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -23,10 +30,13 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "aiotools/io.h"
+#include "aiotools/log.h"
 #include "conn-internal.h"
 #include "macro.h"
+#include "tls-internal.h"
 
 #define IN_FIRST 4096      /* the read buffer's first size */
 #define OUT_FIRST 4096     /* the write buffer's first size ... */
@@ -68,6 +78,7 @@ void aiot__conn_free(aiot_conn *c)
 {
         if (!c)
                 return;
+        aiot__tls_conn_free(c->tls);
         (void)aiot_close(c->fd);
         buf_free(c);
         free(c);
@@ -84,11 +95,27 @@ void aiot__conn_shrink(aiot_conn *c)
 void aiot__conn_drop(aiot_conn *c)
 {
         buf_free(c);
+        /* Its close_notify goes out before the FIN of the lingering close. */
+        aiot__tls_conn_free(c->tls);
+        c->tls = NULL;
 }
 
 size_t aiot__conn_buffered(const aiot_conn *c)
 {
         return c->buf ? c->buf->in_len - c->buf->in_off : 0;
+}
+
+bool aiot__conn_pending(const aiot_conn *c)
+{
+        return aiot__conn_buffered(c) > 0 || (c->tls && aiot__tls_pending(c->tls));
+}
+
+int aiot_conn_tls(const aiot_conn *c, const char **alpn)
+{
+        aiot__return_if(!c, -EINVAL);
+        if (alpn)
+                *alpn = c->tls ? aiot__tls_alpn(c->tls) : NULL;
+        return c->tls || c->tls_todo;
 }
 
 void *aiot_conn_state(aiot_conn *c)
@@ -133,14 +160,55 @@ static int wait_writable(aiot_conn *c, bool *armed, aiot_deadline *d)
         return r > 0 ? 0 : r;
 }
 
+/* Parks until the socket is ready as the TLS session asked: writability
+ * under the write timeout, readability (a TLS 1.3 key update) plainly. */
+static int tls_wait(aiot_conn *c, int want, bool *armed, aiot_deadline *d)
+{
+        int r;
+
+        if (want == AIOT_WRITE)
+                return wait_writable(c, armed, d);
+        r = aiot_wait_fd(c->fd, AIOT_READ);
+        return r > 0 ? 0 : r;
+}
+
+/* send_all() through the TLS session: a record (or more) per iovec. */
+static int tls_send_all(aiot_conn *c, const struct iovec *iov, int n, size_t *sent)
+{
+        aiot_deadline d;
+        bool armed = false;
+        int r = aiot_checkpoint();
+
+        *sent = 0;
+        for (int i = 0; r == 0 && i < n; i++)
+                for (size_t off = 0; r == 0 && off < iov[i].iov_len;) {
+                        int want = 0;
+                        ssize_t k = aiot__tls_write(c->tls, (const char *)iov[i].iov_base + off,
+                                                    iov[i].iov_len - off, &want);
+
+                        if (k > 0) {
+                                off += (size_t)k;
+                                *sent += (size_t)k;
+                        } else {
+                                r = k == -EAGAIN ? tls_wait(c, want, &armed, &d) : (int)k;
+                        }
+                }
+        if (armed)
+                (void)aiot_deadline_end(&d);
+        return r;
+}
+
 /* Sends the n iovecs completely, parking while the socket is full. */
 static int send_all(aiot_conn *c, struct iovec *iov, int n, size_t *sent)
 {
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
         aiot_deadline d;
         bool armed = false;
-        int r = aiot_checkpoint();
+        int r;
 
+        if (c->tls)
+                return tls_send_all(c, iov, n, sent);
+        r = aiot_checkpoint();
         *sent = 0;
         while (r == 0 && mh.msg_iovlen > 0) {
                 ssize_t k = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
@@ -225,6 +293,36 @@ int aiot_conn_flush(aiot_conn *c, size_t *sent)
         return send_with(c, NULL, 0, sent);
 }
 
+/* aiot_conn_sendfile() over TLS: the file read in chunks and written through
+ * the session. */
+static ssize_t tls_sendfile(aiot_conn *c, int fd, off_t *offset, size_t count)
+{
+        size_t sent = 0;
+        char *chunk = malloc(OUT_MAX);
+        int r = chunk ? 0 : -ENOMEM;
+
+        while (r == 0 && sent < count) {
+                size_t want = count - sent < OUT_MAX ? count - sent : OUT_MAX, put = 0;
+                ssize_t k = offset ? pread(fd, chunk, want, *offset) : read(fd, chunk, want);
+                struct iovec iov = {.iov_base = chunk, .iov_len = k > 0 ? (size_t)k : 0};
+
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0) {
+                        r = k < 0 ? -errno : 0;
+                        break; /* the file ended first */
+                }
+                r = tls_send_all(c, &iov, 1, &put);
+                sent += put;
+                if (offset)
+                        *offset += (off_t)put;
+                else if (put < (size_t)k)
+                        (void)lseek(fd, (off_t)put - k, SEEK_CUR);
+        }
+        free(chunk);
+        return r < 0 ? r : (ssize_t)sent;
+}
+
 ssize_t aiot_conn_sendfile(aiot_conn *c, int fd, off_t *offset, size_t count)
 {
         aiot_deadline d;
@@ -234,6 +332,8 @@ ssize_t aiot_conn_sendfile(aiot_conn *c, int fd, off_t *offset, size_t count)
 
         aiot__return_if(!c || fd < 0, -EINVAL);
         r = aiot_conn_flush(c, NULL);
+        if (c->tls)
+                return r < 0 ? r : tls_sendfile(c, fd, offset, count);
         while (r == 0 && sent < count) {
                 ssize_t k = sendfile(c->fd, fd, offset, count - sent);
 
@@ -277,8 +377,34 @@ static int in_reserve(struct aiot__conn_buf *b, size_t want)
         return 0;
 }
 
+/* One TLS read of up to n bytes, parking as the session asks. */
+static ssize_t tls_read(aiot_conn *c, void *buf, size_t n)
+{
+        for (;;) {
+                int want = 0, r;
+                ssize_t k = aiot__tls_read(c->tls, buf, n, &want);
+
+                if (k != -EAGAIN)
+                        return k;
+                if (want == AIOT_WRITE) {
+                        bool armed = false;
+                        aiot_deadline d;
+
+                        r = tls_wait(c, want, &armed, &d);
+                        if (armed)
+                                (void)aiot_deadline_end(&d);
+                } else {
+                        r = aiot_wait_fd(c->fd, AIOT_READ);
+                        r = r > 0 ? 0 : r;
+                }
+                if (r < 0)
+                        return r;
+        }
+}
+
 /* One read(2) into free room, room for want bytes in all.  Returns the bytes
- * read, 0 at end of file, -errno. */
+ * read, 0 at end of file, -errno.  Over TLS the socket counts as emptied only
+ * when the session holds nothing more either. */
 static ssize_t fill(aiot_conn *c, size_t want)
 {
         struct aiot__conn_buf *b;
@@ -295,16 +421,16 @@ static ssize_t fill(aiot_conn *c, size_t want)
         if ((r = in_reserve(b, want)) < 0)
                 return r;
         room = b->in_cap - b->in_len;
-        if (c->drained && (r = aiot_wait_fd(c->fd, AIOT_READ)) < 0)
+        if (c->drained && (!c->tls || !aiot__tls_pending(c->tls)) && (r = aiot_wait_fd(c->fd, AIOT_READ)) < 0)
                 return r;
-        n = aiot_read(c->fd, b->in + b->in_len, room);
+        n = c->tls ? tls_read(c, b->in + b->in_len, room) : aiot_read(c->fd, b->in + b->in_len, room);
         if (n < 0)
                 return n;
         if (n == 0) {
                 c->eof = true;
                 return 0;
         }
-        c->drained = (size_t)n < room;
+        c->drained = (size_t)n < room && (!c->tls || !aiot__tls_pending(c->tls));
         b->in_len += (size_t)n;
         return n;
 }
@@ -390,4 +516,31 @@ int aiot_conn_read_exact(aiot_conn *c, void *buf, size_t n)
                 n -= (size_t)k;
         }
         return 0;
+}
+
+/* ---------------------------------------------------------------- TLS */
+
+int aiot__conn_tls_accept(aiot_conn *c, const struct aiot_tls *t)
+{
+        aiot_deadline d;
+        bool armed = false;
+        int r = 0;
+
+        c->tls_todo = false;
+        if (!(c->tls = aiot__tls_conn_new(t, c->fd)))
+                return -ENOMEM;
+        for (;;) {
+                int want = 0;
+
+                r = aiot__tls_handshake(c->tls, &want);
+                if (r != -EAGAIN)
+                        break;
+                if ((r = tls_wait(c, want, &armed, &d)) < 0)
+                        break;
+        }
+        if (armed)
+                (void)aiot_deadline_end(&d);
+        if (r == -EPROTO)
+                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: TLS handshake failed: %s", c->fd, aiot__tls_last_error());
+        return r;
 }

@@ -246,6 +246,10 @@ int aiot_listen_parse(const char *spec, unsigned flags, struct aiot_bind_addr *o
 {
         aiot__return_if(!spec || !out, -EINVAL);
 
+        /* "tls:ADDRESS" marks a listener for TLS (aiotools/tls.h): the
+         * address is what follows, the mark stays in the listener's name. */
+        if (strncmp(spec, "tls:", 4) == 0)
+                spec += 4;
         if (strncmp(spec, "unix:", 5) == 0)
                 return parse_unix(spec + 5, spec, out, err, errlen);
         return parse_inet(spec, flags, out, err, errlen);

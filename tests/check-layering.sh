@@ -16,6 +16,7 @@
 #   8 server   src/server/, src/proctitle.*    aiotools/server.h
 #   9 conn     src/conn.c, conn-internal.h,    aiotools/conn.h
 #              src/server/serve.c
+#              src/tls.c, tls-internal.h     aiotools/tls.h
 #  10 module                                   aiotools/module.h, aiotools.h
 #
 # One arrow is forbidden although it points down: the runtime knows nothing of
@@ -48,6 +49,7 @@ layer_of() {
         src/sd.c | src/sd-internal.h | include/aiotools/sd.h) echo 6 ;;
         src/listen.c | src/listen-internal.h | include/aiotools/listen.h) echo 7 ;;
         src/conn.c | src/conn-internal.h | src/server/serve.c | include/aiotools/conn.h) echo 9 ;;
+        src/tls.c | src/tls-internal.h | include/aiotools/tls.h) echo 9 ;;
         src/server/* | src/proctitle.c | src/proctitle.h | include/aiotools/server.h) echo 8 ;;
         include/aiotools/module.h | include/aiotools.h) echo 10 ;;
         src/* | include/*) echo "?" ;;
@@ -119,7 +121,7 @@ for f in src/*.c src/*.h src/runtime/*.c src/runtime/*.h src/server/*.c src/serv
 done
 
 # Clients of the library: public headers only.
-for f in daemon/*.c daemon/*.h examples/*.c tests/srvtest.c tests/proofmod.c tests/badabi.c tests/nosym.c tests/oldabi.c tests/ctlmod.c; do
+for f in daemon/*.c daemon/*.h examples/*.c tests/srvtest.c tests/proofmod.c tests/badabi.c tests/nosym.c tests/oldabi.c tests/ctlmod.c tests/tlsmod.c; do
         [ -f "$f" ] || continue
         files=$((files + 1))
         includes "$f" > "${TMPDIR:-/tmp}/layering.$$"

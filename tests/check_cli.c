@@ -290,6 +290,41 @@ static int parse_conf(const char *text, ...)
         return r < 0 ? r : cli_validate(&cfg, err, sizeof(err));
 }
 
+/* TLS: pairs in order, the tls: mark checked against them, ALPN syntax; in
+ * the file the command line's certificates replace the file's. */
+START_TEST(test_tls_options)
+{
+        ck_assert_int_eq(parse("-b", "tls:127.0.0.1:443", "--tls-cert=a.pem", "--tls-key=a.key", "--tls-cert=b.pem",
+                               "--tls-key=b.key", "--tls-alpn=h2,http/1.1", "m.so", NULL),
+                         0);
+        ck_assert_uint_eq(cfg.n_tls_certs, 2);
+        ck_assert_str_eq(cfg.tls_certs[1], "b.pem");
+        ck_assert_str_eq(cfg.tls_keys[0], "a.key");
+        ck_assert_str_eq(cfg.tls_alpn, "h2,http/1.1");
+        ck_assert_int_eq(parse("-b", "tls:127.0.0.1:443", "--tls-cert=a.pem", "m.so", NULL), -EINVAL);
+        ck_assert_str_eq(err, "1 --tls-cert but 0 --tls-key: give one key per certificate, in order");
+        ck_assert_int_eq(parse("-b", "tls:127.0.0.1:443", "m.so", NULL), -EINVAL);
+        ck_assert_str_eq(err, "a --bind address is marked tls: but no --tls-cert/--tls-key is given");
+        ck_assert_int_eq(parse("-b", "127.0.0.1:443", "--tls-cert=a.pem", "--tls-key=a.key", "m.so", NULL), -EINVAL);
+        ck_assert_int_eq(parse("--tls-cert=a.pem", "--tls-key=a.key", "m.so", NULL), 0); /* socket activation */
+        ck_assert_int_eq(parse("-b", "tls:127.0.0.1:443", "--tls-cert=a.pem", "--tls-key=a.key", "--tls-alpn=h2,,x",
+                               "m.so", NULL),
+                         -EINVAL);
+        ck_assert_str_eq(err, "invalid ALPN list 'h2,,x' for --tls-alpn: expected names separated by commas, "
+                              "e.g. h2,http/1.1");
+        ck_assert_int_eq(parse_conf("bind = tls:127.0.0.1:443\ntls-cert = f.pem\ntls-key = f.key\n", "-c", "f.conf",
+                                    "--tls-cert=c.pem", "--tls-key=c.key", "m.so", NULL),
+                         0);
+        ck_assert_uint_eq(cfg.n_tls_certs, 1);
+        ck_assert_str_eq(cfg.tls_certs[0], "c.pem");
+        ck_assert_str_eq(cfg.tls_keys[0], "c.key");
+        ck_assert_int_eq(parse_conf("bind = tls:127.0.0.1:443\ntls-cert = f.pem\ntls-key = f.key\n", "-c", "f.conf",
+                                    "m.so", NULL),
+                         0);
+        ck_assert_str_eq(cfg.tls_certs[0], "f.pem");
+}
+END_TEST
+
 START_TEST(test_conf_every_setting)
 {
         ck_assert_int_eq(parse_conf("# a comment\n"
@@ -480,6 +515,7 @@ static Suite *cli_suite(void)
         tcase_add_test(tc, test_conf_command_line_wins);
         tcase_add_loop_test(tc, test_conf_bad_line, 0, (int)(sizeof(bad_conf) / sizeof(bad_conf[0])));
         tcase_add_test(tc, test_conf_whole);
+        tcase_add_test(tc, test_tls_options);
         tcase_add_test(tc, test_recycling_options);
         suite_add_tcase(s, tc);
         return s;

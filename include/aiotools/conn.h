@@ -32,6 +32,9 @@ extern "C" {
 /* An accepted connection, owned by the library: valid while its handler runs. */
 typedef struct aiot_conn aiot_conn;
 
+/* TLS certificates and settings (aiotools/tls.h). */
+struct aiot_tls;
+
 /* A handler's return value that hands the connection back to the library
  * until its next bytes arrive (or the idle timeout closes it). */
 #define AIOT_CONN_KEEP 1
@@ -66,6 +69,8 @@ struct aiot_serve_opts {
         double stop_grace;      /* at the stop: a kept connection idle this long is
                                    closed (at once if it already was); 0: 1 s;
                                    < 0: kept ones wait the whole drain time */
+        const struct aiot_tls *tls; /* the certificates for the listeners marked for TLS
+                                   (see aiot_tls_new(3)); NULL: none may be marked */
 };
 
 /* The standard worker body: one acceptor task per listener of w, a connection

@@ -25,6 +25,9 @@ extern "C" {
  *                  of IPv4 and IPv6 takes two addresses ("*:80" and "[::]:80").
  *   unix:PATH      a unix stream socket; PATH is absolute or relative and at
  *                  most 107 bytes.  "unix:@NAME" is a Linux abstract socket.
+ *   tls:ADDRESS    any of the above, marked for TLS: the listener's name keeps
+ *                  the prefix, and aiot_worker_serve(3) serves it with
+ *                  aiot_serve_opts.tls (see aiot_tls_new(3)).
  * PORT is decimal, 0 to 65535; 0 lets the kernel choose a free port (the
  * listener's address shows which).  Service names ("http") are refused.
  *

@@ -49,6 +49,10 @@ struct aiot_module {
         /* Optional, in every worker after it served (also after a failed
          * serve, not after a failed setup); arg is opts->arg. */
         void (*conn_teardown)(aiot_worker *w, void *arg);
+        /* Optional: the ALPN protocols the handler speaks, comma-separated
+         * in order of preference ("http/1.1"), offered on the TLS listeners
+         * unless --tls-alpn says otherwise. */
+        const char *tls_alpn;
 };
 
 /* Declared here, inside the default-visibility block, so that the module's

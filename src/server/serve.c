@@ -33,7 +33,13 @@
  * The idle list needs no second timer for it: the grace only shortens the
  * limit every entry has.  When every connection is gone, or the drain time
  * has passed, the connections still watched are closed and the handlers
- * still running are cancelled. */
+ * still running are cancelled.
+ *
+ * TLS: a connection accepted on a listener marked for TLS (opts.tls set) is
+ * watched like any other until its first bytes (the ClientHello); its task
+ * then runs the handshake under the request timeout before the handler's
+ * first run.  A failed handshake (a plaintext client, garbage) ends it as an
+ * error: a lingering close. */
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -53,6 +59,7 @@
 #include "conn-internal.h"
 #include "macro.h"
 #include "server-internal.h" /* the status counters (wstat.c) */
+#include "tls-internal.h"
 
 #define DEFAULT_MAX_CONNECTIONS 10000
 #define DEFAULT_IDLE_TIMEOUT 60.0
@@ -306,6 +313,21 @@ static int conn_task(void *arg)
         struct aiot__serve *srv = c->srv;
         int r;
 
+        if (c->tls_todo) {
+                aiot_deadline d;
+
+                aiot_deadline_begin(&d, srv->o.request_timeout);
+                r = aiot__conn_tls_accept(c, srv->o.tls);
+                aiot_deadline_end(&d);
+                if (r < 0) {
+                        conn_end(c, r);
+                        return 0;
+                }
+                if (!srv->o.server_first && !aiot__conn_pending(c)) {
+                        conn_watch(c); /* the request comes in its own time */
+                        return 0;
+                }
+        }
         for (;;) {
                 aiot_deadline d;
                 bool keep, more;
@@ -314,7 +336,7 @@ static int conn_task(void *arg)
                 r = srv->o.handler(c, srv->o.arg);
                 aiot__stat_request(srv->w);
                 keep = r == AIOT_CONN_KEEP && !c->eof && !srv->closing;
-                more = keep && aiot__conn_buffered(c) > 0;
+                more = keep && aiot__conn_pending(c);
                 if (r >= 0 && !more) {
                         int f = aiot_conn_flush(c, NULL);
 
@@ -406,6 +428,7 @@ static void conn_open(struct aiot__serve *srv, unsigned short listener, int fd)
                 (void)aiot_close(fd);
                 return;
         }
+        c->tls_todo = srv->o.tls && aiot__tls_listener(srv->ls[listener].name);
         srv->n_conns++;
         aiot__stat_conn(srv->w, +1);
         if (srv->n_conns >= srv->o.max_connections)
@@ -581,6 +604,12 @@ int aiot_worker_serve(aiot_worker *w, const struct aiot_serve_opts *opts)
         if (!srv)
                 return -ENOMEM;
         r = opts_resolve(opts, srv);
+        for (size_t i = 0; r == 0 && i < n; i++)
+                if (!srv->o.tls && aiot__tls_listener(ls[i].name)) {
+                        aiot_log(AIOT_LOG_ERR, "aiot_worker_serve: listener '%s' is marked for TLS, "
+                                 "but no certificate was given (aiot_serve_opts.tls, --tls-cert)", ls[i].name);
+                        r = -EINVAL;
+                }
         if (r == 0)
                 r = aiot_event_new(&srv->room);
         if (r == 0)

@@ -8,6 +8,10 @@
 # real program under daemon/.libs with LD_LIBRARY_PATH at the tree's .libs, not
 # libtool's wrapper script.  NGINX_CONNECTIONS (default 4096) is nginx's
 # worker_connections; SERVE_ARGS, more options for aiotools-serve.
+#
+# TLS=1 serves both over TLS (1.2 and 1.3, the same certificate and key, made
+# here: ECDSA P-256, or RSA 2048 with TLS_KEY=rsa; session tickets on in both,
+# no session cache in either); SCHEME is then https.
 top=${top_builddir:-.}
 if [ $# -eq 0 ] && [ -x "$top/daemon/.libs/aiotools-serve" ]; then
         SERVE=$top/daemon/.libs/aiotools-serve
@@ -23,6 +27,20 @@ done
 
 tmp=$(mktemp -d "/tmp/$BENCH.XXXXXX") || exit 1
 pids=()
+SCHEME=http
+AIO_BIND=127.0.0.1:0
+NGX_SSL=""
+if [ "${TLS:-0}" = 1 ]; then
+        SCHEME=https
+        if [ "${TLS_KEY:-ec}" = rsa ]; then keyopt=(-newkey rsa:2048); else
+                keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1); fi
+        openssl req -x509 "${keyopt[@]}" -nodes -keyout "$tmp/key.pem" -out "$tmp/cert.pem" -days 2 \
+                -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >/dev/null 2>&1 ||
+                { echo "$BENCH: openssl req failed (apt-get install openssl)" >&2; exit 1; }
+        AIO_BIND=tls:127.0.0.1:0
+        SERVE_ARGS="${SERVE_ARGS:-} --tls-cert=$tmp/cert.pem --tls-key=$tmp/key.pem"
+        NGX_SSL="ssl_certificate $tmp/cert.pem; ssl_certificate_key $tmp/key.pem; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets on; ssl_session_cache off;"
+fi
 
 # Stops every server we started: SIGTERM, then SIGKILL to its whole process
 # group (each runs under setsid) if it is still there after 5 s.
@@ -59,7 +77,7 @@ start_aiotools() {
         local log=$tmp/aiotools-$1.log i
         : > "$log"
         # shellcheck disable=SC2086 # SERVE_ARGS is a word list
-        setsid $2 "$SERVE" -w "$1" -b 127.0.0.1:0 --stop-timeout 2 ${SERVE_ARGS:-} "$MODULE" 2>"$log" &
+        setsid $2 "$SERVE" -w "$1" -b "$AIO_BIND" --stop-timeout 2 ${SERVE_ARGS:-} "$MODULE" 2>"$log" &
         pids+=($!)
         for i in $(seq 500); do
                 grep -q ' ready: ' "$log" && break
@@ -108,7 +126,8 @@ http {
         scgi_temp_path $dir/tmp;
         default_type text/plain;
         server {
-                listen 127.0.0.1:$ngx_port;
+                listen 127.0.0.1:$ngx_port${NGX_SSL:+ ssl};
+                $NGX_SSL
                 location / { return 200 "hello\n"; }
         }
 }
@@ -124,7 +143,7 @@ EOF
 # Answers "hello\n" with 200?  A benchmark of a wrong answer is no benchmark.
 check_hello() {
         local body
-        body=$(curl -s -m 5 "http://127.0.0.1:$2/") || { echo "$BENCH: $1 did not answer" >&2; exit 1; }
+        body=$(curl -k -s -m 5 "$SCHEME://127.0.0.1:$2/") || { echo "$BENCH: $1 did not answer" >&2; exit 1; }
         [ "$body" = hello ] || { echo "$BENCH: $1 answered '$body'" >&2; exit 1; }
 }
 

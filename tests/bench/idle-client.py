@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""idle-client.py PORT WORKER-PID N [SETTLE [SOURCES]]: the client side of
-bench-idle.
+"""idle-client.py PORT WORKER-PID N [SETTLE [SOURCES [SCHEME]]]: the client
+side of bench-idle (SCHEME https: every connection over TLS, unverified).
 
 Opens N keep-alive HTTP connections to 127.0.0.1:PORT, then sends one request
 on each (all at once: the server's worst case), and holds them idle.  Prints the worker's private memory per held connection (the
@@ -16,10 +16,12 @@ The connections come from SOURCES addresses (default 1) 127.0.0.2, 127.0.0.3,
 ... in turn, so that more of them than one address has ephemeral ports (the
 ports of an earlier round sit in TIME_WAIT for a minute) can be opened."""
 import socket
+import ssl
 import sys
 import time
 
 REQ = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+TLS = None  # an SSLContext when SCHEME is https
 
 
 def private_bytes(pid):
@@ -50,13 +52,18 @@ def ask(s):
 def connect(port, source=None):
     s = socket.create_connection(("127.0.0.1", port), source_address=source)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
+    return TLS.wrap_socket(s, server_hostname="localhost") if TLS else s
 
 
 def main():
     port, pid, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     settle = float(sys.argv[4]) if len(sys.argv) > 4 else 0.5
     n_src = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    global TLS
+    if len(sys.argv) > 6 and sys.argv[6] == "https":
+        TLS = ssl.create_default_context()
+        TLS.check_hostname = False
+        TLS.verify_mode = ssl.CERT_NONE
     sources = [(f"127.0.0.{2 + i}", 0) for i in range(n_src)]
     warm = [connect(port) for _ in range(50)]
     for s in warm:

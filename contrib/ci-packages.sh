@@ -58,10 +58,12 @@ start=$(date +%s)
 say "dpkg-buildpackage -us -uc -b (DEB_BUILD_OPTIONS=$DEB_BUILD_OPTIONS): ok in $(( $(date +%s) - start )) s," \
         "$(grep -c 'warning' "$work/build.log" || true) lines with 'warning' in its output"
 changes=$(ls "$work"/*.changes)
-lintian --fail-on error "$changes" "$work"/*.dsc 2>&1 | grep -v '^running with root privileges' >"$work/lintian.log" || true
+lrc=0
+lintian --fail-on error "$changes" "$work"/*.dsc >"$work/lintian.raw" 2>&1 || lrc=$?
+grep -v '^running with root privileges' "$work/lintian.raw" >"$work/lintian.log" || true
 say "lintian (binary and source): $(grep -c '^E:' "$work/lintian.log" || true) errors, $(grep -c '^W:' "$work/lintian.log" || true) warnings, $(grep -c '^[IPX]:' "$work/lintian.log" || true) other tags"
 sed 's/^/  /' "$work/lintian.log"
-! grep -q '^E:' "$work/lintian.log" || fail "lintian found errors"
+[ "$lrc" = 0 ] || fail "lintian exited with $lrc (errors, or it could not run)"
 [ -z "$keep" ] || { mkdir -p "$keep" && cp "$work"/*.deb "$changes" "$keep"/; }
 
 # ---- install, use, purge

@@ -17,7 +17,9 @@
 enum opt_id {
         OPT_WORKERS, OPT_BIND, OPT_REUSEPORT, OPT_STOP_TIMEOUT, OPT_STOP_SIGNALS, OPT_USER, OPT_GROUP,
         OPT_PIDFILE, OPT_RESTART_LIMIT, OPT_NO_PIDFD, OPT_WORKER_TIMEOUT, OPT_LOG_LEVEL,
-        OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_CHECK, OPT_HELP, OPT_VERSION,
+        OPT_MAX_CONNECTIONS, OPT_IDLE_TIMEOUT, OPT_REQUEST_TIMEOUT, OPT_DRAIN_TIMEOUT, OPT_WRITE_TIMEOUT, OPT_BLOCKING_THREADS, OPT_CHECK, OPT_HELP, OPT_VERSION,
+        OPT_CONTROL, OPT_CONTROL_GROUP, OPT_METRICS, OPT_SETUP_TIMEOUT,
+        OPT_CONFIG, OPT_MAX_WORKER_LIFETIME, OPT_MAX_WORKER_LIFETIME_JITTER, OPT_MAX_WORKER_MEMORY,
 };
 
 struct opt {
@@ -41,6 +43,7 @@ static const struct opt opts[] = {
         { "worker-timeout", 0, 1, OPT_WORKER_TIMEOUT },
         { "log-level", 0, 1, OPT_LOG_LEVEL },
         { "max-connections", 0, 1, OPT_MAX_CONNECTIONS },
+        { "blocking-threads", 0, 1, OPT_BLOCKING_THREADS },
         { "idle-timeout", 0, 1, OPT_IDLE_TIMEOUT },
         { "request-timeout", 0, 1, OPT_REQUEST_TIMEOUT },
         { "drain-timeout", 0, 1, OPT_DRAIN_TIMEOUT },
@@ -48,6 +51,14 @@ static const struct opt opts[] = {
         { "check", 0, 0, OPT_CHECK },
         { "help", 'h', 0, OPT_HELP },
         { "version", 'V', 0, OPT_VERSION },
+        { "control", 0, 1, OPT_CONTROL },
+        { "control-group", 0, 1, OPT_CONTROL_GROUP },
+        { "metrics", 0, 1, OPT_METRICS },
+        { "setup-timeout", 0, 1, OPT_SETUP_TIMEOUT },
+        { "config", 'c', 1, OPT_CONFIG },
+        { "max-worker-lifetime", 0, 1, OPT_MAX_WORKER_LIFETIME },
+        { "max-worker-lifetime-jitter", 0, 1, OPT_MAX_WORKER_LIFETIME_JITTER },
+        { "max-worker-memory", 0, 1, OPT_MAX_WORKER_MEMORY },
 };
 
 static const struct {
@@ -165,6 +176,33 @@ static int parse_signal_list(const char *list, struct cli_config *cfg, char *err
         }
 }
 
+/* A size in bytes: digits with an optional K, M, G or T (powers of 1024), in
+ * [1, CLI_MAX_MEMORY]. */
+static int parse_size(const char *s, unsigned long long *out)
+{
+        static const char units[] = "KMGT";
+        unsigned long long v, mul = 1;
+        const char *u;
+        char *end;
+
+        if (!*s || *s < '0' || *s > '9')
+                return -EINVAL;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno)
+                return -EINVAL;
+        if (*end) {
+                u = strchr(units, end[0] & ~0x20);
+                if (!u || !*u || (end[1] && strcasecmp(end + 1, "iB") != 0 && strcasecmp(end + 1, "B") != 0))
+                        return -EINVAL;
+                mul = 1ULL << (10 * (u - units + 1));
+        }
+        if (v == 0 || v > CLI_MAX_MEMORY / mul)
+                return -EINVAL;
+        *out = v * mul;
+        return 0;
+}
+
 static int parse_restart_limit(const char *s, struct cli_config *cfg, char *err, size_t errlen)
 {
         const char *slash = strchr(s, '/');
@@ -266,6 +304,12 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
                                     display, CLI_MAX_CONNECTIONS);
                 cfg->max_connections = n;
                 return 0;
+        case OPT_BLOCKING_THREADS:
+                if (parse_int(val, 1, CLI_MAX_BLOCKING_THREADS, &n) < 0)
+                        return fail(err, errlen, "invalid thread count '%s' for %s: expected 1 to %d", val,
+                                    display, CLI_MAX_BLOCKING_THREADS);
+                cfg->blocking_threads = (int)n;
+                return 0;
         case OPT_IDLE_TIMEOUT:
         case OPT_REQUEST_TIMEOUT:
         case OPT_DRAIN_TIMEOUT:
@@ -286,6 +330,19 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
                                     val, display);
                 cfg->log_level = level;
                 return 0;
+        case OPT_CONTROL:
+        case OPT_CONTROL_GROUP:
+        case OPT_METRICS:
+                if (!*val)
+                        return fail(err, errlen, "empty value for %s", display);
+                *(o->id == OPT_CONTROL ? &cfg->control : o->id == OPT_CONTROL_GROUP ? &cfg->control_group : &cfg->metrics) = val;
+                return 0;
+        case OPT_SETUP_TIMEOUT:
+                if (parse_seconds(val, 86400.0, &d) < 0)
+                        return fail(err, errlen, "invalid setup timeout '%s' for %s: expected seconds, 0 to 86400",
+                                    val, display);
+                cfg->setup_timeout = d;
+                return 0;
         case OPT_CHECK:
                 cfg->check = 1;
                 return 0;
@@ -294,6 +351,25 @@ static int apply(const struct opt *o, const char *display, const char *val, stru
                 return 0;
         case OPT_VERSION:
                 cfg->version = 1;
+                return 0;
+        case OPT_MAX_WORKER_LIFETIME:
+        case OPT_MAX_WORKER_LIFETIME_JITTER:
+                if (parse_seconds(val, 86400.0 * 365, &d) < 0)
+                        return fail(err, errlen, "invalid %s '%s' for %s: expected seconds, 0 to 31536000",
+                                    o->id == OPT_MAX_WORKER_LIFETIME ? "lifetime" : "lifetime jitter", val,
+                                    display);
+                *(o->id == OPT_MAX_WORKER_LIFETIME ? &cfg->max_worker_lifetime : &cfg->max_worker_lifetime_jitter) =
+                        d;
+                return 0;
+        case OPT_MAX_WORKER_MEMORY:
+                if (parse_size(val, &cfg->max_worker_memory) < 0)
+                        return fail(err, errlen, "invalid memory size '%s' for %s: expected bytes with K, M, G or T, "
+                                    "e.g. 512M", val, display);
+                return 0;
+        case OPT_CONFIG:
+                if (!*val)
+                        return fail(err, errlen, "empty path for %s", display);
+                cfg->config = val;
                 return 0;
         }
         return fail(err, errlen, "internal error");
@@ -381,6 +457,7 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
         memset(cfg, 0, sizeof(*cfg));
         cfg->stop_timeout = 30.0;
         cfg->worker_timeout = 30.0;
+        cfg->setup_timeout = 60.0;
         cfg->restart_limit = 5;
         cfg->restart_window = 10.0;
         cfg->log_level = -1;
@@ -393,6 +470,7 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
                 if (!a)
                         return fail(err, errlen, "internal error: NULL argument");
                 if (strcmp(a, "--") == 0) {
+                        cfg->dashdash = i;
                         i++;
                         break;
                 }
@@ -412,11 +490,25 @@ int cli_parse(int argc, char **argv, struct cli_config *cfg, char *err, size_t e
         }
         cfg->module_argc = argc - i;
         cfg->module_argv = argv + i;
-        if (cfg->help || cfg->version)
+        if (cfg->help || cfg->version || cfg->config)
                 return 0;
+        return cli_validate(cfg, err, errlen);
+}
+
+int cli_validate(const struct cli_config *cfg, char *err, size_t errlen)
+{
         if (!cfg->module)
                 return fail(err, errlen, "no MODULE given (see --help)");
         if (cfg->reuseport && cfg->n_binds == 0)
                 return fail(err, errlen, "--reuseport needs at least one --bind address");
+        if (cfg->max_worker_lifetime_jitter > 0 && cfg->max_worker_lifetime == 0)
+                return fail(err, errlen, "--max-worker-lifetime-jitter needs --max-worker-lifetime");
         return 0;
+}
+
+int cli_option_takes_value(const char *name)
+{
+        const struct opt *o = name ? find_long(name, strlen(name)) : NULL;
+
+        return o ? o->has_arg : -1;
 }

@@ -18,10 +18,11 @@
  * On the stop signal (also the old generation's during a reload) the library
  * stops accepting and drains: a keep-alive connection gets its next request
  * answered with "Connection: close" (aiot_worker_stopping()) and is then
- * closed.  An idle keep-alive connection is not closed straight away, because
- * that races with the client's next request (which would then fail); it waits
- * up to the drain time for it (module argument drain=SECONDS, default 2, or
- * aiotools-serve --drain-timeout), and only then is closed.
+ * closed.  An idle keep-alive connection is closed once it has been idle
+ * for the library's stop grace (1 s), not straight away, because that would
+ * race with the client's next request; the drain time (module argument
+ * drain=SECONDS, default 2, or aiotools-serve --drain-timeout) bounds the
+ * requests still running.
  *
  *   aiotools-serve -w 2 -b 127.0.0.1:8080 examples/.libs/http-hello.so -- drain=2
  */

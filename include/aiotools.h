@@ -8,6 +8,7 @@
 #include <aiotools/task.h>
 #include <aiotools/scope.h>
 #include <aiotools/io.h>
+#include <aiotools/blocking.h>
 #include <aiotools/timer.h>
 #include <aiotools/sd.h>
 #include <aiotools/listen.h>

@@ -26,23 +26,28 @@ struct aiot__conn_buf {
 struct aiot_conn {
         ev_io io;                   /* watches the fd while the connection is kept */
         struct aiot__serve *srv;
-        aiot_conn *idle_prev, *idle_next; /* the server's idle list, oldest first */
-        double idle_since;          /* libev time when it became idle */
+        aiot_conn *idle_prev, *idle_next; /* the server's idle or linger list, oldest first */
+        double idle_since;          /* libev time when it joined that list */
         struct aiot__conn_buf *buf; /* NULL while both buffers are empty */
         int fd;
-        bool drained;               /* the last read emptied the socket: wait before reading */
-        bool eof;
-        bool busy;                  /* a handler task runs for it */
-        bool has_state;             /* state_size > 0: aiot_conn_state() is NULL otherwise */
+        /* Bits and a short index, so that the struct stays 96 bytes on 64-bit. */
+        bool drained : 1;           /* the last read emptied the socket: wait before reading */
+        bool eof : 1;
+        bool busy : 1;              /* a handler task runs for it */
+        bool has_state : 1;         /* state_size > 0: aiot_conn_state() is NULL otherwise */
+        bool lingering : 1;         /* shut down for writing, discarding input until EOF */
+        unsigned short listener;    /* the index of the listener that accepted it */
         max_align_t state[];        /* state_size bytes */
 };
 
 /* conn.c */
-int aiot__conn_new(struct aiot__serve *srv, int fd, size_t state_size, aiot_conn **ret);
+int aiot__conn_new(struct aiot__serve *srv, unsigned short listener, int fd, size_t state_size, aiot_conn **ret);
 void aiot__conn_free(aiot_conn *c);            /* closes the fd too */
 void aiot__conn_shrink(aiot_conn *c);          /* frees empty buffers: before keeping it */
+void aiot__conn_drop(aiot_conn *c);            /* frees the buffers, full or not: before lingering */
 size_t aiot__conn_buffered(const aiot_conn *c);
 aiot_worker *aiot__serve_worker(const struct aiot__serve *srv); /* serve.c */
+const aiot_listener *aiot__serve_listener(const struct aiot__serve *srv, unsigned short i); /* serve.c */
 double aiot__serve_write_timeout(const struct aiot__serve *srv); /* serve.c; INFINITY: none */
 
 #endif

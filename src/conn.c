@@ -11,12 +11,16 @@
  * empty, so the next read waits for readability first instead of making a
  * read(2) that only returns EAGAIN (one read per request, not two).  Pending
  * output is flushed before any read: a peer that waits for our answer before
- * it sends more would otherwise wait forever. */
+ * it sends more would otherwise wait forever.
+ *
+ * Files go out with sendfile(2) after the buffer was flushed, under the same
+ * write timeout as writes (armed only once the socket is full). */
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -28,13 +32,14 @@
 #define OUT_FIRST 4096     /* the write buffer's first size ... */
 #define OUT_MAX 16384      /* ... and the largest: bigger writes go out at once */
 
-int aiot__conn_new(struct aiot__serve *srv, int fd, size_t state_size, aiot_conn **ret)
+int aiot__conn_new(struct aiot__serve *srv, unsigned short listener, int fd, size_t state_size, aiot_conn **ret)
 {
         aiot_conn *c = calloc(1, sizeof(*c) + state_size);
 
         if (!c)
                 return -ENOMEM;
         c->srv = srv;
+        c->listener = listener;
         c->fd = fd;
         c->has_state = state_size > 0;
         *ret = c;
@@ -76,6 +81,11 @@ void aiot__conn_shrink(aiot_conn *c)
                 buf_free(c);
 }
 
+void aiot__conn_drop(aiot_conn *c)
+{
+        buf_free(c);
+}
+
 size_t aiot__conn_buffered(const aiot_conn *c)
 {
         return c->buf ? c->buf->in_len - c->buf->in_off : 0;
@@ -102,15 +112,31 @@ aiot_worker *aiot_conn_worker(const aiot_conn *c)
         return c ? aiot__serve_worker(c->srv) : NULL;
 }
 
+const aiot_listener *aiot_conn_listener(const aiot_conn *c)
+{
+        return c ? aiot__serve_listener(c->srv, c->listener) : NULL;
+}
+
 /* ---------------------------------------------------------------- writing */
 
-/* Sends the n iovecs completely, parking while the socket is full.  The write
- * timeout starts the first time the socket is full, so a peer that reads costs
- * no timer at all. */
+/* Parks until the socket takes bytes again.  The write timeout starts the
+ * first time the socket is full (*armed, d), so a peer that reads costs no
+ * timer at all. */
+static int wait_writable(aiot_conn *c, bool *armed, aiot_deadline *d)
+{
+        double limit = aiot__serve_write_timeout(c->srv);
+        int r;
+
+        if (!*armed && isfinite(limit))
+                *armed = aiot_deadline_begin(d, limit) == 0;
+        r = aiot_wait_fd(c->fd, AIOT_WRITE);
+        return r > 0 ? 0 : r;
+}
+
+/* Sends the n iovecs completely, parking while the socket is full. */
 static int send_all(aiot_conn *c, struct iovec *iov, int n, size_t *sent)
 {
         struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        double limit = aiot__serve_write_timeout(c->srv);
         aiot_deadline d;
         bool armed = false;
         int r = aiot_checkpoint();
@@ -122,15 +148,7 @@ static int send_all(aiot_conn *c, struct iovec *iov, int n, size_t *sent)
                 if (k < 0) {
                         if (errno == EINTR)
                                 continue;
-                        if (errno != EAGAIN) {
-                                r = -errno;
-                                break;
-                        }
-                        if (!armed && isfinite(limit))
-                                armed = aiot_deadline_begin(&d, limit) == 0;
-                        r = aiot_wait_fd(c->fd, AIOT_WRITE);
-                        if (r > 0)
-                                r = 0;
+                        r = errno == EAGAIN ? wait_writable(c, &armed, &d) : -errno;
                         continue;
                 }
                 *sent += (size_t)k;
@@ -205,6 +223,32 @@ int aiot_conn_flush(aiot_conn *c, size_t *sent)
 {
         aiot__return_if(!c, -EINVAL);
         return send_with(c, NULL, 0, sent);
+}
+
+ssize_t aiot_conn_sendfile(aiot_conn *c, int fd, off_t *offset, size_t count)
+{
+        aiot_deadline d;
+        bool armed = false;
+        size_t sent = 0;
+        int r;
+
+        aiot__return_if(!c || fd < 0, -EINVAL);
+        r = aiot_conn_flush(c, NULL);
+        while (r == 0 && sent < count) {
+                ssize_t k = sendfile(c->fd, fd, offset, count - sent);
+
+                if (k > 0)
+                        sent += (size_t)k;
+                else if (k == 0)
+                        break; /* the file ended first */
+                else if (errno == EAGAIN)
+                        r = wait_writable(c, &armed, &d);
+                else if (errno != EINTR)
+                        r = -errno;
+        }
+        if (armed)
+                (void)aiot_deadline_end(&d);
+        return r < 0 ? r : (ssize_t)sent;
 }
 
 /* ---------------------------------------------------------------- reading */

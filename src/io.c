@@ -220,6 +220,17 @@ static void fdw_unpark(aiot_task *t, void *arg)
                 f->writer = NULL;
 }
 
+/* For aiot_loop_describe(): the fd and the direction t waits for. */
+static void fdw_info(const aiot_task *t, void *arg, struct aiot_task_info *ti)
+{
+        struct fdw *f = arg;
+
+        ti->wait = f->reader == t && f->writer == t ? AIOT_WAIT_FD_RW
+                   : f->writer == t                 ? AIOT_WAIT_FD_WRITE
+                                                    : AIOT_WAIT_FD_READ;
+        ti->wait_id = f->io.fd;
+}
+
 /* Parks the current task t until fd is ready for events (AIOT_READ | AIOT_WRITE).
  * Relies on the cancellation check its caller has just made (io_enter(), or
  * io_recheck() before a later wait of the same call), with no switch since:
@@ -467,6 +478,8 @@ static void child_exited(aiot_child *c, int status, void *userdata)
         free(rec);
 }
 
+static void child_info(const aiot_task *t, void *arg, struct aiot_task_info *ti);
+
 static void child_unpark(aiot_task *t, void *arg)
 {
         struct child_waiter *w = arg, **pp;
@@ -561,4 +574,18 @@ int aiot_child_wait(aiot_child *c, int *status)
         if (status)
                 *status = w.status;
         return 0;
+}
+
+static void child_info(const aiot_task *t, void *arg, struct aiot_task_info *ti)
+{
+        struct child_waiter *w = arg;
+
+        ti->wait = AIOT_WAIT_CHILD;
+        ti->wait_id = w->rec ? (long)aiot_child_pid(w->rec->child) : -1;
+}
+
+__attribute__((constructor)) static void io_register_waits(void)
+{
+        aiot__wait_kind_register(fdw_unpark, fdw_info);
+        aiot__wait_kind_register(child_unpark, child_info);
 }

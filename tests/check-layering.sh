@@ -9,6 +9,7 @@
 #   2 fork     src/fork.c, fork-internal.h     aiotools/fork.h
 #   3 runtime  src/runtime/                    aiotools/task.h, aiotools/scope.h
 #   4 io       src/io.c                        aiotools/io.h
+#              src/blocking.c, src/resolve.c   aiotools/blocking.h
 #   5 timer    src/timer.c                     aiotools/timer.h
 #   6 sd       src/sd.c, sd-internal.h         aiotools/sd.h
 #   7 listen   src/listen.c                    aiotools/listen.h
@@ -25,7 +26,7 @@
 # ctx.h and stack.h only in src/runtime/ (the runtime's contract for the
 # layers above is src/runtime/runtime.h); src/server/server-internal.h only in
 # src/server/.  daemon/, examples/ and the modules the tests load include only
-# the public headers (daemon/ also its own cli.h).  The unit tests may reach
+# the public headers (daemon/ also its own cli.h and ctl.h).  The unit tests may reach
 # into internals and are not checked.
 set -u
 src="${top_srcdir:-.}"
@@ -42,6 +43,7 @@ layer_of() {
         src/fork.c | src/fork-internal.h | include/aiotools/fork.h) echo 2 ;;
         src/runtime/* | include/aiotools/task.h | include/aiotools/scope.h) echo 3 ;;
         src/io.c | include/aiotools/io.h) echo 4 ;;
+        src/blocking.c | src/resolve.c | include/aiotools/blocking.h) echo 4 ;;
         src/timer.c | include/aiotools/timer.h) echo 5 ;;
         src/sd.c | src/sd-internal.h | include/aiotools/sd.h) echo 6 ;;
         src/listen.c | include/aiotools/listen.h) echo 7 ;;
@@ -117,7 +119,7 @@ for f in src/*.c src/*.h src/runtime/*.c src/runtime/*.h src/server/*.c src/serv
 done
 
 # Clients of the library: public headers only.
-for f in daemon/*.c daemon/*.h examples/*.c tests/srvtest.c tests/proofmod.c tests/badabi.c tests/nosym.c tests/oldabi.c; do
+for f in daemon/*.c daemon/*.h examples/*.c tests/srvtest.c tests/proofmod.c tests/badabi.c tests/nosym.c tests/oldabi.c tests/ctlmod.c; do
         [ -f "$f" ] || continue
         files=$((files + 1))
         includes "$f" > "${TMPDIR:-/tmp}/layering.$$"
@@ -125,7 +127,7 @@ for f in daemon/*.c daemon/*.h examples/*.c tests/srvtest.c tests/proofmod.c tes
                 path=$(resolve "$f" "$name" "$kind")
                 case $path in
                 include/*) edges=$((edges + 1)) ;;
-                daemon/cli.h) edges=$((edges + 1)) ;;
+                daemon/cli.h | daemon/ctl.h | daemon/conffile.h) edges=$((edges + 1)) ;;
                 src/* | config.h) bad "$f includes $path: clients of the library use only include/" ;;
                 esac
         done < "${TMPDIR:-/tmp}/layering.$$"

@@ -25,12 +25,14 @@ set -u
 
 . "$top_srcdir/tests/need.sh"
 need valgrind valgrind
-if grep -q '^SAN_CFLAGS = .*-fsanitize=address' "$top_builddir/Makefile" 2>/dev/null; then
-        echo "check-valgrind: SKIP: sanitizer build (ASan and valgrind do not mix)"
+if grep -qE '^SAN_CFLAGS = .*-fsanitize=(address|thread)' "$top_builddir/Makefile" 2>/dev/null; then
+        echo "check-valgrind: SKIP: sanitizer build (ASan or TSan and valgrind do not mix)"
         exit 77
 fi
 
 suites="check_task check_scope check_io check_timer check_task_uc check_scope_uc check_io_uc check_timer_uc"
+# The blocking pool's suite (threads, 100 000 calls, a fork while calls run).
+suites="$suites check_blocking check_blocking_uc"
 for s in $suites; do
         if [ ! -x "$top_builddir/tests/$s" ]; then
                 echo "check-valgrind: SKIP: tests/$s is not built (Check missing?)"

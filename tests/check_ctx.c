@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -239,6 +240,89 @@ START_TEST(test_100k_stacks_held)
 }
 END_TEST
 
+/* ---- giving memory back */
+
+/* 1 if the page holding a is resident, 0 if not, -1 if nothing maps it. */
+static int page_resident(const void *a)
+{
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        unsigned char v = 0;
+
+        if (mincore((void *)((uintptr_t)a & ~(uintptr_t)(page - 1)), page, &v) < 0)
+                return errno == ENOMEM ? -1 : -2;
+        return v & 1;
+}
+
+#define N_TRIM 200
+#define KEEP 16
+
+/* Trimming releases the free stacks that the free list did not need since the
+ * last trim, beyond the keep most recently put: their pages leave memory (a
+ * chunk with nothing else in use leaves the address space), the warm ones stay,
+ * and released stacks are handed out again, whole and writable. */
+START_TEST(test_trim_releases_unneeded_stacks)
+{
+        void *lo[N_TRIM];
+        aiot__stack_pool *pool;
+        size_t u = 0, gone = 0;
+
+        ck_assert_int_eq(aiot__stack_pool_new(&pool, 0), 0);
+        for (int i = 0; i < N_TRIM; i++) {
+                ck_assert_int_eq(aiot__stack_get(pool, 0, &lo[i], &u), 0);
+                memset((char *)lo[i] + u - 8192, 0x5a, 8192); /* two pages, as a task */
+        }
+        for (int i = 0; i < N_TRIM; i++)
+                aiot__stack_put(pool, lo[i], u);
+        ck_assert_uint_eq(aiot__stack_pool_idle(pool), N_TRIM);
+        /* The list was empty at the start of this interval: nothing goes. */
+        ck_assert_uint_eq(aiot__stack_pool_trim(pool, KEEP, SIZE_MAX), 0);
+        ck_assert_uint_eq(aiot__stack_pool_trim(pool, KEEP, SIZE_MAX), N_TRIM - KEEP);
+        ck_assert_uint_eq(aiot__stack_pool_idle(pool), KEEP);
+        for (int i = 0; i < N_TRIM; i++) {
+                int r = page_resident((char *)lo[i] + u - 1);
+
+                ck_assert_int_ge(r, -1);
+                if (i >= N_TRIM - KEEP) /* the last put are the warm ones */
+                        ck_assert_int_eq(r, 1);
+                else
+                        ck_assert_int_le(r, 0);
+                gone += r == -1;
+        }
+        /* 200 stacks fill several chunks; all but the newest went whole. */
+        ck_assert_uint_gt(gone, N_TRIM / 2);
+        ck_assert_uint_eq(aiot__stack_pool_released(pool), N_TRIM - KEEP - gone);
+
+        /* All of them again: warm, released and new ones, distinct and
+         * writable to the top. */
+        for (int i = 0; i < N_TRIM; i++) {
+                ck_assert_int_eq(aiot__stack_get(pool, 0, &lo[i], &u), 0);
+                for (int j = 0; j < i; j++)
+                        ck_assert_ptr_ne(lo[i], lo[j]);
+                memset((char *)lo[i] + u - 8192, i, 8192);
+        }
+        ck_assert_uint_eq(aiot__stack_pool_released(pool), 0);
+        for (int i = 0; i < N_TRIM; i++)
+                ck_assert_int_eq(((unsigned char *)lo[i])[u - 1], (unsigned char)i);
+        for (int i = 0; i < N_TRIM; i++)
+                aiot__stack_put(pool, lo[i], u);
+
+        /* A list that was drained during the interval keeps what it held ... */
+        ck_assert_uint_eq(aiot__stack_pool_trim(pool, KEEP, SIZE_MAX), 0);
+        /* ... and an interval in which it was not gives the rest back, at most
+         * max a trim. */
+        ck_assert_uint_eq(aiot__stack_pool_trim(pool, KEEP, 50), 50);
+        ck_assert_uint_eq(aiot__stack_pool_trim(pool, KEEP, SIZE_MAX), N_TRIM - KEEP - 50);
+        ck_assert_uint_eq(aiot__stack_pool_idle(pool), KEEP);
+
+        /* One at once, and the pool still frees cleanly with released stacks. */
+        ck_assert_int_eq(aiot__stack_get(pool, 0, &lo[0], &u), 0);
+        memset((char *)lo[0] + u - 4096, 1, 4096);
+        aiot__stack_release(pool, lo[0], u);
+        ck_assert_int_le(page_resident((char *)lo[0] + u - 1), 0);
+        aiot__stack_pool_free(pool);
+}
+END_TEST
+
 /* ---- overflow */
 
 static volatile int never = -1;
@@ -368,6 +452,7 @@ static Suite *ctx_suite(void)
         tcase_add_test(ts, test_pool_reuse_and_distinct);
         tcase_add_test(ts, test_odd_size);
         tcase_add_test(ts, test_100k_stacks_held);
+        tcase_add_test(ts, test_trim_releases_unneeded_stacks);
         tcase_add_test(ts, test_overflow_reported);
         tcase_add_test(ts, test_overflow_reported_odd_size);
         tcase_add_test(ts, test_overflow_reported_mprotect_guards);

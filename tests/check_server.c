@@ -420,18 +420,19 @@ static void lifecycle(int n, int signo, const char *signals_opt)
                 ck_assert_int_eq(log_value(&s, "api", "w", i), 1);
         ck_assert_int_eq(log_value(&s, "api", "e", 0), 1);
         ck_assert_int_eq(log_value(&s, "api", "m", -1), 1);
-        /* Each process has its own loop only, its report pipe only, no pidfd of
-         * a sibling, and the listener (workers) or nothing (the extra process). */
+        /* Each process has its own loop only, its report channel (a socketpair)
+         * only, no pidfd of a sibling, and the listener (workers) or nothing
+         * (the extra process). */
         for (int i = 0; i < n; i++) {
                 ck_assert_int_eq(log_value(&s, "fd-epoll", "w", i), 1);
-                ck_assert_int_eq(log_value(&s, "fd-pipe", "w", i), 1);
+                ck_assert_int_eq(log_value(&s, "fd-pipe", "w", i), 0);
                 ck_assert_int_eq(log_value(&s, "fd-pidfd", "w", i), 0);
-                ck_assert_int_eq(log_value(&s, "fd-socket", "w", i), 1);
+                ck_assert_int_eq(log_value(&s, "fd-socket", "w", i), 2);
         }
         ck_assert_int_eq(log_value(&s, "fd-epoll", "e", 0), 1);
-        ck_assert_int_eq(log_value(&s, "fd-pipe", "e", 0), 1);
+        ck_assert_int_eq(log_value(&s, "fd-pipe", "e", 0), 0);
         ck_assert_int_eq(log_value(&s, "fd-pidfd", "e", 0), 0);
-        ck_assert_int_eq(log_value(&s, "fd-socket", "e", 0), 0);
+        ck_assert_int_eq(log_value(&s, "fd-socket", "e", 0), 1);
         /* The children are tracked the way the fork module's own probe finds
          * (the server inherits this process's kernel, filter and environment),
          * unless --no-pidfd forces the fallback.  Under run-nopidfd.sh the probe
@@ -617,6 +618,96 @@ START_TEST(test_run_bad_config)
         ck_assert_int_eq(aiot_server_run(&ok), AIOT_EXIT_FAILURE);
         ck_assert(no_children_within(1.0));
         ck_assert_int_eq(testutil_count_zombies(), 0);
+}
+END_TEST
+
+/* The reload hook in aiot_server_run() itself: the first SIGHUP is refused
+ * (nothing forked, the serving generation goes on), the second one (sent by
+ * the first hook call) gets a new worker function and count; each
+ * generation is reported retired once, the refused one at once. */
+static int hook_pipe = -1, hook_calls, retired_gens[8], n_retired;
+
+static void hook_say(const char *kind, aiot_worker *w)
+{
+        char line[64];
+        int n = snprintf(line, sizeof(line), "%s gen=%d index=%d\n", kind, aiot_worker_generation(w),
+                         aiot_worker_index(w));
+
+        ck_assert_int_eq(write(hook_pipe, line, (size_t)n), n);
+}
+
+static int hook_worker_a(aiot_worker *w)
+{
+        hook_say("a", w);
+        if (aiot_worker_index(w) == 0)
+                kill(getppid(), SIGHUP);
+        return aiot_worker_wait_stop(w) < 0 ? -1 : 0;
+}
+
+static int hook_worker_b(aiot_worker *w)
+{
+        hook_say("b", w);
+        return aiot_worker_wait_stop(w) < 0 ? -1 : 0;
+}
+
+static int hook_reload(struct aiot_server_reload *r, void *arg)
+{
+        ck_assert_ptr_eq(arg, &hook_calls);
+        ck_assert_uint_eq(r->size, sizeof(*r));
+        ck_assert_int_eq(r->workers, 1);
+        ck_assert_ptr_eq(r->worker, hook_worker_a);
+        if (++hook_calls == 1) {
+                ck_assert_uint_eq(r->gen, 2);
+                /* The next reload, once this one is refused. */
+                kill(getpid(), SIGHUP);
+                snprintf(r->why, sizeof(r->why), "refused by the test");
+                return -EINVAL;
+        }
+        ck_assert_uint_eq(r->gen, 3);
+        r->workers = 2;
+        r->worker = hook_worker_b;
+        return 0;
+}
+
+static void hook_retired(unsigned gen, void *arg)
+{
+        ck_assert_ptr_eq(arg, &hook_calls);
+        if (n_retired < 8)
+                retired_gens[n_retired++] = (int)gen;
+        /* Generation 1 has gone: the test is over. */
+        if (gen == 1)
+                kill(getpid(), SIGTERM);
+}
+
+START_TEST(test_reload_hook)
+{
+        struct aiot_server_config c = {.size = sizeof(c), .workers = 1, .worker = hook_worker_a,
+                                       .stop_timeout = 5, .reload = hook_reload,
+                                       .retired = hook_retired, .reload_arg = &hook_calls};
+        int pfd[2];
+        char buf[512] = "";
+        ssize_t n;
+
+        ck_assert_int_eq(pipe(pfd), 0);
+        hook_pipe = pfd[1];
+        alarm(20);
+        ck_assert_int_eq(aiot_server_run(&c), AIOT_EXIT_OK);
+        alarm(0);
+        close(pfd[1]);
+        n = read(pfd[0], buf, sizeof(buf) - 1);
+        ck_assert_int_gt(n, 0);
+        buf[n] = '\0';
+        ck_assert_int_eq(hook_calls, 2);
+        ck_assert_msg(strstr(buf, "a gen=1 index=0\n") && strstr(buf, "b gen=3 index=0\n") &&
+                              strstr(buf, "b gen=3 index=1\n") && !strstr(buf, "gen=2"),
+                      "workers said:\n%s", buf);
+        ck_assert_int_eq(count_in(buf, "\n"), 3);
+        /* The refused generation 2 first, then 1; 3 retires at the stop. */
+        ck_assert_int_eq(n_retired, 3);
+        ck_assert_int_eq(retired_gens[0], 2);
+        ck_assert_int_eq(retired_gens[1], 1);
+        ck_assert_int_eq(retired_gens[2], 3);
+        close(pfd[0]);
 }
 END_TEST
 
@@ -964,6 +1055,8 @@ static const struct {
         {{"@BADABI"}, "built for module ABI 42"},
         {{"-u", "no-such-user-xyz", "@MOD"}, "unknown user 'no-such-user-xyz'"},
         {{"--log-level=loud", "@MOD"}, "invalid log level 'loud'"},
+        {{"-c", "@BADCONF"}, ".conf:2: invalid worker count 'lots' for --workers"},
+        {{"-c", "/nonexistent/serve.conf"}, "cannot read config file '/nonexistent/serve.conf'"},
 };
 
 START_TEST(test_bad_input)
@@ -988,6 +1081,14 @@ START_TEST(test_bad_input)
                         getsockname(lfd, (struct sockaddr *)&sa, &len);
                         snprintf(busy, sizeof(busy), "127.0.0.1:%d", ntohs(sa.sin_port));
                         a = busy;
+                } else if (!strcmp(a, "@BADCONF")) {
+                        int fd;
+
+                        snprintf(text, sizeof(text), "/tmp/aiot-badconf-%d.conf", (int)getpid());
+                        fd = open(text, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                        ck_assert_int_eq(write(fd, "# bad\nworkers = lots\nmodule = m.so\n", 35), 35);
+                        close(fd);
+                        a = text;
                 } else if (!strcmp(a, "@TEXT")) {
                         int fd;
 
@@ -1008,7 +1109,7 @@ START_TEST(test_bad_input)
         ck_assert(no_children_within(1.0));
         if (lfd >= 0)
                 close(lfd);
-        if (!strcmp(bad[_i].args[0], "@TEXT"))
+        if (!strcmp(bad[_i].args[0], "@TEXT") || (bad[_i].args[1] && !strcmp(bad[_i].args[1], "@BADCONF")))
                 unlink(text);
         srv_cleanup(&s);
 }
@@ -1699,6 +1800,7 @@ static Suite *server_suite(void)
         tcase_add_test(fail, test_stop_during_startup);
         tcase_add_test(fail, test_pidfile_and_user);
         tcase_add_test(fail, test_run_bad_config);
+        tcase_add_test(fail, test_reload_hook);
         tcase_add_test(fail, test_stop_timeout_kills);
         tcase_add_test(fail, test_supervisor_killed);
         tcase_add_test(fail, test_worker_killed_respawns);

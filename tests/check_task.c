@@ -3,6 +3,7 @@
  * defer, the virtual clock, events and semaphores.  Built twice: against the
  * library (assembly switch) and against libaiotools-uc (ucontext switch). */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 
 #include <ev.h>
 
+#include <aiotools/io.h>
 #include <aiotools/log.h>
 #include <aiotools/scope.h>
 #include <aiotools/task.h>
@@ -1727,6 +1729,72 @@ START_TEST(test_deadlock_sleeps_without_spinning)
 }
 END_TEST
 
+/* ---- trim.c */
+
+#define TRIM_TASKS 2000
+#define TOUCHED (TRIM_TASKS * 16L * 1024) /* stack bytes the burst touches */
+
+static long rss_bytes(void)
+{
+        long pages = 0, resident = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_eq(fscanf(f, "%ld %ld", &pages, &resident), 2);
+        fclose(f);
+        return resident * sysconf(_SC_PAGESIZE);
+}
+
+static int touch_and_park(void *arg)
+{
+        volatile char frame[16 * 1024];
+
+        memset((char *)frame, 1, sizeof(frame));
+        return aiot_event_wait(arg) + frame[100] - 1;
+}
+
+/* After a burst of 2000 tasks that each touched 16 KiB of stack, the loop gives
+ * that memory back within a few seconds of idling, without any call. */
+static int burst_then_idle_main(void *arg)
+{
+        aiot_event *ev = NULL;
+        aiot_scope *s = open_scope();
+        long base, peak, now = 0;
+        double t0;
+
+        (void)arg;
+        ck_assert_int_eq(aiot_event_new(&ev), 0);
+        base = rss_bytes();
+        for (int i = 0; i < TRIM_TASKS; i++)
+                ck_assert_int_eq(aiot_spawn(s, touch_and_park, ev, NULL), 0);
+        ck_assert_int_eq(aiot_yield(), 0);
+        aiot_event_set(ev);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        peak = rss_bytes();
+        ck_assert_int_gt(peak - base, TOUCHED);
+        /* Given back within two trim intervals (1 s each); 20 s is the margin.
+         * Measured as what went back rather than what is left: under ASan the
+         * stacks' shadow memory stays. */
+        t0 = wall();
+        while (wall() - t0 < 20) {
+                ck_assert_int_eq(aiot_sleep(0.1), 0);
+                now = rss_bytes();
+                if (peak - now > TOUCHED / 2)
+                        break;
+        }
+        ck_assert_msg(peak - now > TOUCHED / 2, "RSS %ld above the start after the burst, %ld at its peak",
+                      now - base, peak - base);
+        ck_assert_double_gt(wall() - t0, 0.5); /* not at once: only what stayed unused */
+        aiot_event_free(ev);
+        return 0;
+}
+
+START_TEST(test_idle_loop_gives_burst_stacks_back)
+{
+        ck_assert_int_eq(run(burst_then_idle_main, NULL, 0), 0);
+}
+END_TEST
+
 /* One case per area of the runtime, named after its file (src/runtime/), so
  * that CK_RUN_CASE=cancel runs the cancellation tests alone. */
 static TCase *area_case(Suite *s, const char *name)
@@ -1737,6 +1805,192 @@ static TCase *area_case(Suite *s, const char *name)
         suite_add_tcase(s, tc);
         return tc;
 }
+
+
+/* ---------------------------------------------------------------- describe */
+
+struct described {
+        struct aiot_task_info info[16];
+        int n;
+};
+
+static void collect(const struct aiot_task_info *ti, void *arg)
+{
+        struct described *d = arg;
+
+        if (d->n < 16)
+                d->info[d->n++] = *ti;
+}
+
+static const struct aiot_task_info *find_named(const struct described *d, const char *name)
+{
+        for (int i = 0; i < d->n; i++)
+                if (d->info[i].name && strcmp(d->info[i].name, name) == 0)
+                        return &d->info[i];
+        return NULL;
+}
+
+struct dsc {
+        aiot_event *ev, *never;
+        aiot_sem *sem;
+        aiot_task *sleeper;
+        int pipe[2];
+};
+
+static int dsc_sleep(void *arg)
+{
+        return aiot_sleep(30);
+}
+static int dsc_event(void *arg)
+{
+        return aiot_event_wait(((struct dsc *)arg)->ev);
+}
+static int dsc_sem(void *arg)
+{
+        return aiot_sem_acquire(((struct dsc *)arg)->sem);
+}
+static int dsc_join(void *arg)
+{
+        return aiot_join(((struct dsc *)arg)->sleeper, NULL);
+}
+static int dsc_read(void *arg)
+{
+        char c;
+
+        return (int)aiot_read(((struct dsc *)arg)->pipe[0], &c, 1);
+}
+static int dsc_shielded(void *arg)
+{
+        int r;
+
+        aiot_shield_begin();
+        r = aiot_event_wait(((struct dsc *)arg)->never);
+        aiot_shield_end();
+        return r;
+}
+static int dsc_deadline(void *arg)
+{
+        aiot_deadline d;
+        int r;
+
+        aiot_deadline_begin(&d, 20.0);
+        r = aiot_event_wait(((struct dsc *)arg)->never);
+        aiot_deadline_end(&d);
+        return r;
+}
+
+static int describe_main(void *arg)
+{
+        aiot_loop *loop = arg;
+        struct dsc x = {.pipe = {-1, -1}};
+        struct described d = {0};
+        struct aiot_spawn_opts o = {.size = sizeof(o)}, old = {.size = offsetof(struct aiot_spawn_opts, name), .name = "x"};
+        aiot_task *shielded, *runnable, *unnamed;
+        aiot_scope *s;
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f;
+
+        ck_assert_int_eq(aiot_event_new(&x.ev), 0);
+        ck_assert_int_eq(aiot_event_new(&x.never), 0);
+        ck_assert_int_eq(aiot_sem_new(&x.sem, 0), 0);
+        ck_assert_int_eq(pipe2(x.pipe, O_NONBLOCK | O_CLOEXEC), 0);
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        o.name = "sleeper";
+        ck_assert_int_eq(aiot_spawn_opts(s, dsc_sleep, &x, &o, &x.sleeper), 0);
+        o.name = "event";
+        ck_assert_int_eq(aiot_spawn_opts(s, dsc_event, &x, &o, NULL), 0);
+        o.name = "sem";
+        ck_assert_int_eq(aiot_spawn_opts(s, dsc_sem, &x, &o, NULL), 0);
+        o.name = "joiner";
+        ck_assert_int_eq(aiot_spawn_opts(s, dsc_join, &x, &o, NULL), 0);
+        o.name = "reader";
+        ck_assert_int_eq(aiot_spawn_opts(s, dsc_read, &x, &o, NULL), 0);
+        o.name = "shielded";
+        ck_assert_int_eq(aiot_spawn_opts(s, dsc_shielded, &x, &o, &shielded), 0);
+        o.name = "deadline";
+        ck_assert_int_eq(aiot_spawn_opts(s, dsc_deadline, &x, &o, NULL), 0);
+        /* A caller built before the name field: its task has no name. */
+        ck_assert_int_eq(aiot_spawn_opts(s, dsc_event, &x, &old, &unnamed), 0);
+        for (int i = 0; i < 5; i++)
+                aiot_yield();
+        aiot_cancel(shielded);
+        aiot_cancel(shielded);
+        ck_assert_int_eq(aiot_spawn(s, dsc_event, &x, &runnable), 0);
+        ck_assert_int_eq(aiot_task_set_name(runnable, "runnable"), 0);
+        ck_assert_str_eq(aiot_task_name(runnable), "runnable");
+        ck_assert_ptr_null(aiot_task_name(unnamed));
+        ck_assert_int_eq(aiot_task_set_name(aiot_current(), "root"), 0);
+
+        ck_assert_int_eq(aiot_loop_describe(loop, collect, &d), 10);
+        ck_assert_str_eq(d.info[0].name, "root");
+        ck_assert_int_eq(d.info[0].state, AIOT_TASK_RUNNING);
+        ck_assert_int_eq(d.info[0].depth, 0);
+        ck_assert_ptr_null(d.info[0].parent);
+        {
+                const struct aiot_task_info *t = find_named(&d, "sleeper");
+
+                ck_assert_ptr_nonnull(t);
+                ck_assert_int_eq(t->state, AIOT_TASK_PARKED);
+                ck_assert_int_eq(t->wait, AIOT_WAIT_SLEEP);
+                ck_assert(t->wake_in > 25 && t->wake_in <= 30);
+                ck_assert_int_eq(t->depth, 1);
+                ck_assert_ptr_eq(t->parent, aiot_current());
+                ck_assert(t->parked_for >= 0 && t->parked_for < 5);
+                ck_assert_int_eq(find_named(&d, "event")->wait, AIOT_WAIT_EVENT);
+                ck_assert_ptr_eq(find_named(&d, "event")->wait_object, x.ev);
+                ck_assert_int_eq(find_named(&d, "sem")->wait, AIOT_WAIT_SEM);
+                ck_assert_ptr_eq(find_named(&d, "sem")->wait_object, x.sem);
+                ck_assert_int_eq(find_named(&d, "joiner")->wait, AIOT_WAIT_JOIN);
+                ck_assert_ptr_eq(find_named(&d, "joiner")->wait_task, x.sleeper);
+                ck_assert_int_eq(find_named(&d, "reader")->wait, AIOT_WAIT_FD_READ);
+                ck_assert_int_eq(find_named(&d, "reader")->wait_id, x.pipe[0]);
+                ck_assert_int_eq(find_named(&d, "shielded")->shielded, 1);
+                ck_assert_uint_eq(find_named(&d, "shielded")->cancel_count, 2);
+                ck_assert_int_eq(find_named(&d, "shielded")->state, AIOT_TASK_PARKED);
+                ck_assert(find_named(&d, "deadline")->deadline_in > 15 && find_named(&d, "deadline")->deadline_in <= 20);
+                ck_assert(find_named(&d, "sleeper")->deadline_in < 0);
+                ck_assert_int_eq(find_named(&d, "runnable")->state, AIOT_TASK_RUNNABLE);
+        }
+        f = open_memstream(&buf, &len);
+        ck_assert_int_eq(aiot_loop_dump_tasks(loop, f, 0), 10);
+        ck_assert_int_eq(aiot_loop_dump_tasks(loop, f, 2), -EINVAL);
+        ck_assert_int_eq(aiot_loop_describe(NULL, collect, &d), -EINVAL);
+        ck_assert_int_eq(aiot_task_set_name(NULL, "x"), -EINVAL);
+        fclose(f);
+        ck_assert_msg(strstr(buf, "\n  - sleeper [parked on sleep ("), "%s", buf);
+        ck_assert_msg(strstr(buf, "\n  - joiner [parked on end of task 'sleeper' for "), "%s", buf);
+        ck_assert_msg(strstr(buf, "\n  - shielded [parked on event ") && strstr(buf, "cancelled x2 shielded\n"), "%s", buf);
+        ck_assert_msg(strstr(buf, "readable for "), "%s", buf);
+        free(buf);
+        buf = NULL;
+        f = open_memstream(&buf, &len);
+        ck_assert_int_eq(aiot_loop_dump_tasks(loop, f, AIOT_DUMP_JSON), 10);
+        fclose(f);
+        ck_assert_msg(buf[0] == '[' && buf[len - 1] == ']' && strstr(buf, "\"name\":\"sleeper\"") &&
+                              strstr(buf, "\"wait\":\"sleep\"") && strstr(buf, "\"shielded\":true"),
+                      "%s", buf);
+        free(buf);
+        aiot_event_set(x.never);
+        aiot_scope_cancel(s);
+        ck_assert_int_eq(aiot_scope_close(s), 0);
+        close(x.pipe[0]);
+        close(x.pipe[1]);
+        aiot_event_free(x.ev);
+        aiot_event_free(x.never);
+        aiot_sem_free(x.sem);
+        return 0;
+}
+
+START_TEST(test_describe_tasks)
+{
+        aiot_loop *loop = NULL;
+
+        ck_assert_int_eq(aiot_loop_new(&loop, NULL), 0);
+        ck_assert_int_eq(aiot_loop_run(loop, describe_main, loop), 0);
+        aiot_loop_free(loop);
+}
+END_TEST
 
 static Suite *task_suite(void)
 {
@@ -1793,9 +2047,13 @@ static Suite *task_suite(void)
         tcase_add_test(tc, test_return_inside_deadline_with_scope_open);
         tcase_add_test(tc, test_on_error_leftovers_cleaned_up);
 
+        tc = area_case(s, "trim");
+        tcase_add_test(tc, test_idle_loop_gives_burst_stacks_back);
+
         tc = area_case(s, "sync");
         tcase_add_test(tc, test_event_wakes_all_fifo);
         tcase_add_test(tc, test_sem_fifo_and_cancel);
+        tcase_add_test(tc, test_describe_tasks);
         return s;
 }
 

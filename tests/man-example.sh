@@ -7,7 +7,7 @@
 # The program is the first literal display (.Bd -literal ... .Ed) of the
 # EXAMPLES section; the roff escapes it needs (\e for a backslash, \& before a
 # leading dot) are undone here.  It is self-testing: its client tasks connect to
-# its own echo server and check the replies.
+# its own echo server (a worker of aiot_server_run) and check the replies.
 set -u
 
 : "${top_builddir:=.}"
@@ -24,7 +24,7 @@ awk '
         copying && /^\.Ed/ { copying = 0; done = 1; next }
         copying { print }
 ' "$page" | sed -e 's/\\&//g' -e 's/\\(aq/'"'"'/g' -e 's/\\-/-/g' -e 's/\\e/\\/g' > "$dir/example.c"
-if ! grep -q 'aiot_loop_run' "$dir/example.c"; then
+if ! grep -q 'aiot_worker_serve' "$dir/example.c"; then
         echo "FAIL: no example program found in the EXAMPLES section of $page" >&2
         exit 1
 fi

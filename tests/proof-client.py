@@ -12,18 +12,31 @@ kinds of failure a graceful stop may cause (used by tests/proof-load.sh):
   refused   a NEW connection that could not be made (the listener is closed
             once the server stops): expected after a stop.
 
-Usage: proof-client.py PORT SECONDS CONNECTIONS
-Each connection sends GET / and waits for the response, over and over; a
-response with "Connection: close" ends the connection and a new one is made.
+Resets (ECONNRESET on a connection, whichever of the above it was) are also
+counted on their own: "resets".
+
+Usage: proof-client.py PORT SECONDS CONNECTIONS [http|echo]
+http (the default): each connection sends GET / and waits for the response,
+over and over; a response with "Connection: close" ends the connection and a
+new one is made.
+echo (tests/proof-serve.sh, against examples/echo): each connection sends a
+line and waits for its echo, then pauses either briefly (0-0.4 s) or long
+(1.6-2 s), never near the server's 1 s stop grace: at a stop the server
+closes a connection once it has been idle for the grace, so a client's long
+pause is where that close lands.  A client finds it before it sends (as an
+HTTP client checks a kept connection before reusing it): "closed_idle", then
+a new connection.
 Prints "key value" lines: sent answered lost lost_first refused closed_by_server
-reconnects, and the first few errors as "# ..." lines.
+closed_idle resets reconnects, and the first few errors as "# ..." lines.
 """
 import asyncio
+import random
 import sys
 import time
 
 REQ = b"GET / HTTP/1.1\r\nHost: proof\r\n\r\n"
-c = dict(sent=0, answered=0, lost=0, lost_first=0, refused=0, closed_by_server=0, reconnects=0)
+c = dict(sent=0, answered=0, lost=0, lost_first=0, refused=0, closed_by_server=0, closed_idle=0, resets=0,
+         reconnects=0)
 errors = []
 
 
@@ -50,6 +63,7 @@ async def one(port, deadline):
                             n = int(v)
                     await asyncio.wait_for(r.readexactly(n), 5)
                 except (asyncio.IncompleteReadError, OSError, asyncio.TimeoutError, ValueError) as e:
+                    c["resets"] += isinstance(e, ConnectionResetError)
                     what = "lost_first" if first else "lost"
                     c[what] += 1
                     if len(errors) < 5:
@@ -67,10 +81,53 @@ async def one(port, deadline):
             w.close()
 
 
+async def one_echo(port, deadline, k):
+    while time.monotonic() < deadline:
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+        except (OSError, asyncio.TimeoutError):
+            c["refused"] += 1
+            await asyncio.sleep(0.05)
+            continue
+        c["reconnects"] += 1
+        first, n = True, 0
+        try:
+            while time.monotonic() < deadline:
+                if r.at_eof():
+                    c["closed_idle"] += 1
+                    break
+                line = b"echo %d %d\n" % (k, n)
+                n += 1
+                w.write(line)
+                c["sent"] += 1
+                try:
+                    back = await asyncio.wait_for(r.readexactly(len(line)), 5)
+                except (asyncio.IncompleteReadError, OSError, asyncio.TimeoutError) as e:
+                    c["resets"] += isinstance(e, ConnectionResetError)
+                    what = "lost_first" if first else "lost"
+                    c[what] += 1
+                    if len(errors) < 5:
+                        errors.append("%s: %r" % (what, e))
+                    break
+                first = False
+                if back != line:
+                    c["lost"] += 1
+                    break
+                c["answered"] += 1
+                pause = random.uniform(0, 0.4) if random.random() < 0.7 else random.uniform(1.6, 2.0)
+                await asyncio.sleep(pause)
+        finally:
+            w.close()
+
+
 async def main():
     port, secs, conns = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+    mode = sys.argv[4] if len(sys.argv) > 4 else "http"
     deadline = time.monotonic() + secs
-    await asyncio.gather(*(one(port, deadline) for _ in range(conns)))
+    if mode == "echo":
+        await asyncio.gather(*(one_echo(port, deadline, k) for k in range(conns)))
+    else:
+        await asyncio.gather(*(one(port, deadline) for _ in range(conns)))
 
 
 asyncio.run(main())

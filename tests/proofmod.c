@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* proofmod: the module the proof-*.sh harnesses and tests/systemd/run.sh load
- * into the real aiotools-serve.  Every worker accepts on every listener and
- * answers one command line per connection, then closes it:
+ * into the real aiotools-serve.  Every worker serves every listener with
+ * aiot_worker_serve(3) and answers one command line per connection, then
+ * closes it:
  *
  *   name        "name=NAME address=ADDR index=I pid=P ppid=Q\n" for the
  *               listener that accepted the connection (socket activation)
@@ -20,9 +21,9 @@
  * setup (so that READY can be checked to wait for the last worker);
  * failif=PATH makes every worker's setup fail with -EADDRNOTAVAIL while PATH
  * exists (a reload whose new generation cannot start).  Just
- * before aiot_worker_wait_stop() every worker writes one line to stderr:
+ * before aiot_worker_serve() every worker writes one line to stderr:
  *   "proofmod: ready index=I pid=P\n"
- * and after it returns "proofmod: stop index=I pid=P signal=S\n". */
+ * and after it returned (drained) "proofmod: stop index=I pid=P signal=S\n". */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -38,21 +39,9 @@
 
 #include <aiotools.h>
 
-struct acceptor {
-        const aiot_listener *l;
-        aiot_worker *w;
-        aiot_scope *conns;
-        aiot_task *task;
-};
-
-struct conn {
-        int fd;
-        const struct acceptor *a;
-};
-
 /* One write, so that lines of concurrent processes never mix. */
-static void say(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void say(int fd, const char *fmt, ...)
+static void say_stderr(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say_stderr(const char *fmt, ...)
 {
         char buf[512];
         va_list ap;
@@ -63,10 +52,23 @@ static void say(int fd, const char *fmt, ...)
         va_end(ap);
         if (n > (int)sizeof(buf) - 1)
                 n = (int)sizeof(buf) - 1;
-        if (fd == STDERR_FILENO)
-                (void)!write(fd, buf, (size_t)n);
-        else
-                aiot_write_all(fd, buf, (size_t)n);
+        (void)!write(STDERR_FILENO, buf, (size_t)n);
+}
+
+/* Buffers an answer on c.  Returns 0 or -errno. */
+static int answer(aiot_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int answer(aiot_conn *c, const char *fmt, ...)
+{
+        char buf[512];
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vsnprintf(buf, sizeof(buf), fmt, ap);
+        va_end(ap);
+        if (n > (int)sizeof(buf) - 1)
+                n = (int)sizeof(buf) - 1;
+        return aiot_conn_write(c, buf, (size_t)n);
 }
 
 /* Blocks the process, loop included, until SEC seconds have passed: signal
@@ -125,68 +127,41 @@ static int orphan(int ms)
         return gpid;
 }
 
-static int serve_conn(void *arg)
+/* One command line per connection (see the file comment); 0: the library
+ * flushes the answer and closes the connection. */
+static int serve_conn(aiot_conn *c, void *arg)
 {
-        struct conn *c = arg;
-        aiot_worker *w = c->a->w;
+        aiot_worker *w = aiot_conn_worker(c);
+        const aiot_listener *l = aiot_conn_listener(c);
         char line[256];
-        size_t len = 0;
-        char *nl = NULL;
+        const char *data;
+        ssize_t n = aiot_conn_read_until(c, "\n", sizeof(line) - 1, &data);
 
-        while (!nl && len < sizeof(line) - 1) {
-                ssize_t n = aiot_read(c->fd, line + len, sizeof(line) - 1 - len);
+        (void)arg;
+        if (n == -EMSGSIZE) /* no newline in the first 255 bytes: not a command */
+                return answer(c, "?\n");
+        if (n <= 0)
+                return (int)n;
+        memcpy(line, data, (size_t)n - 1);
+        line[n - 1] = '\0';
+        if (!strcmp(line, "name"))
+                return answer(c, "name=%s address=%s index=%d pid=%d ppid=%d\n", l->name ?: "(null)",
+                              l->address ?: "(null)", aiot_worker_index(w), (int)getpid(), (int)getppid());
+        if (!strncmp(line, "hang ", 5)) {
+                int r = answer(c, "hanging index=%d pid=%d\n", aiot_worker_index(w), (int)getpid());
 
-                if (n <= 0)
-                        goto out;
-                len += (size_t)n;
-                line[len] = '\0';
-                nl = strchr(line, '\n');
-        }
-        if (nl)
-                *nl = '\0';
-        if (!strcmp(line, "name")) {
-                say(c->fd, "name=%s address=%s index=%d pid=%d ppid=%d\n", c->a->l->name ?: "(null)",
-                    c->a->l->address ?: "(null)", aiot_worker_index(w), (int)getpid(), (int)getppid());
-        } else if (!strncmp(line, "hang ", 5)) {
-                say(c->fd, "hanging index=%d pid=%d\n", aiot_worker_index(w), (int)getpid());
-                say(STDERR_FILENO, "proofmod: hanging index=%d pid=%d for %s s\n", aiot_worker_index(w),
-                    (int)getpid(), line + 5);
+                if (r == 0)
+                        r = aiot_conn_flush(c, NULL);
+                if (r < 0)
+                        return r;
+                say_stderr("proofmod: hanging index=%d pid=%d for %s s\n", aiot_worker_index(w), (int)getpid(),
+                           line + 5);
                 block_for(atof(line + 5));
-                say(c->fd, "woke\n");
-        } else if (!strncmp(line, "orphan ", 7)) {
-                say(c->fd, "orphan=%d\n", orphan(atoi(line + 7)));
-        } else {
-                say(c->fd, "?\n");
+                return answer(c, "woke\n");
         }
-out:
-        aiot_close(c->fd);
-        free(c);
-        return 0;
-}
-
-static int accept_loop(void *arg)
-{
-        struct acceptor *a = arg;
-
-        for (;;) {
-                int fd = aiot_accept(a->l->fd, NULL, NULL);
-                struct conn *c;
-
-                if (fd == -ECANCELED || fd == -ETIMEDOUT)
-                        return 0;
-                if (fd < 0) {
-                        if (aiot_sleep(0.05) < 0)
-                                return 0;
-                        continue;
-                }
-                c = malloc(sizeof(*c));
-                if (!c || aiot_spawn(a->conns, serve_conn, c, NULL) < 0) {
-                        free(c);
-                        aiot_close(fd);
-                        continue;
-                }
-                *c = (struct conn){.fd = fd, .a = a};
-        }
+        if (!strncmp(line, "orphan ", 7))
+                return answer(c, "orphan=%d\n", orphan(atoi(line + 7)));
+        return answer(c, "?\n");
 }
 
 /* slow=I:MS for this worker's index, else 0. */
@@ -217,42 +192,21 @@ static bool must_fail(aiot_worker *w)
 
 static int proof_worker(aiot_worker *w)
 {
-        const aiot_listener *ls;
-        size_t n = aiot_worker_listeners(w, &ls);
-        struct acceptor *acc = calloc(n ? n : 1, sizeof(*acc));
-        aiot_scope *conns;
-        int r, ms = setup_ms(w), sig;
+        /* A hanging command blocks longer than any request timeout would
+         * allow; the watchdog tests rely on it being answered "woke". */
+        struct aiot_serve_opts so = {.size = sizeof(so), .handler = serve_conn, .request_timeout = -1};
+        int ms = setup_ms(w), sig;
 
-        if (!acc)
-                return -ENOMEM;
-        if (must_fail(w)) {
-                free(acc);
+        if (must_fail(w))
                 return -EADDRNOTAVAIL;
-        }
-        r = aiot_scope_open(&conns, NULL);
-        if (r < 0) {
-                free(acc);
-                return r;
-        }
         if (ms > 0)
                 aiot_sleep(ms / 1000.0);
-        for (size_t i = 0; i < n && r == 0; i++) {
-                acc[i] = (struct acceptor){.l = &ls[i], .w = w, .conns = conns};
-                r = aiot_spawn(aiot_worker_scope(w), accept_loop, &acc[i], &acc[i].task);
-        }
-        if (r == 0) {
-                say(STDERR_FILENO, "proofmod: ready index=%d pid=%d\n", aiot_worker_index(w), (int)getpid());
-                sig = aiot_worker_wait_stop(w);
-                say(STDERR_FILENO, "proofmod: stop index=%d pid=%d signal=%d\n", aiot_worker_index(w),
-                    (int)getpid(), sig);
-        }
-        for (size_t i = 0; i < n; i++)
-                if (acc[i].task)
-                        aiot_cancel_and_wait(acc[i].task);
-        aiot_scope_cancel(conns);
-        aiot_scope_close(conns);
-        free(acc);
-        return r;
+        say_stderr("proofmod: ready index=%d pid=%d\n", aiot_worker_index(w), (int)getpid());
+        sig = aiot_worker_serve(w, &so);
+        if (sig < 0)
+                return sig;
+        say_stderr("proofmod: stop index=%d pid=%d signal=%d\n", aiot_worker_index(w), (int)getpid(), sig);
+        return 0;
 }
 
 const struct aiot_module aiot_module = {

@@ -19,7 +19,8 @@
  * Workers also log "gen w INDEX PID GENERATION".
  * Every process also logs "uid KIND INDEX PID UID" and "api KIND INDEX PID OK"
  * where OK is 1 when the worker API answered as documented.
- * Every worker answers each connection with "w INDEX PID\n" and closes it.
+ * Every worker answers each connection with "w INDEX PID\n" and closes it
+ * (aiot_worker_serve(3); a worker without a listener only waits for the stop).
  * One extra process is always there; it only waits. */
 #include <dirent.h>
 #include <errno.h>
@@ -160,27 +161,15 @@ static int data_of(aiot_worker *w)
         return d ? *d : -1;
 }
 
-struct acceptor {
-        aiot_worker *w;
-        int lfd;
-};
-
-static int accept_loop(void *arg)
+/* Runs at accept (server_first): one line naming the worker, then the
+ * library flushes it and closes the connection. */
+static int greet(aiot_conn *c, void *arg)
 {
-        struct acceptor *a = arg;
         char line[64];
+        int n = snprintf(line, sizeof(line), "w %d %d\n", aiot_worker_index(aiot_conn_worker(c)), (int)getpid());
 
-        for (;;) {
-                int fd = aiot_accept(a->lfd, NULL, NULL);
-
-                if (fd == -ECANCELED || fd == -ETIMEDOUT)
-                        return 0;
-                if (fd < 0)
-                        continue;
-                snprintf(line, sizeof(line), "w %d %d\n", aiot_worker_index(a->w), (int)getpid());
-                aiot_write_all(fd, line, strlen(line));
-                aiot_close(fd);
-        }
+        (void)arg;
+        return aiot_conn_write(c, line, (size_t)n);
 }
 
 static int crash_later(void *arg)
@@ -239,20 +228,12 @@ static int test_worker(aiot_worker *w)
         int idx = aiot_worker_index(w), sig;
         const aiot_listener *ls;
         size_t n = aiot_worker_listeners(w, &ls);
-        struct acceptor *acc = calloc(n + 1, sizeof(*acc));
+        struct aiot_serve_opts so = {.size = sizeof(so), .handler = greet, .server_first = 1};
 
-        if (!acc)
-                return -ENOMEM;
         if (idx == o.slow)
                 aiot_sleep(0.3);
-        if (idx == o.fail || (o.failfile && access(o.failfile, F_OK) == 0)) {
-                free(acc);
+        if (idx == o.fail || (o.failfile && access(o.failfile, F_OK) == 0))
                 return -EADDRNOTAVAIL;
-        }
-        for (size_t i = 0; i < n; i++) {
-                acc[i] = (struct acceptor){.w = w, .lfd = ls[i].fd};
-                aiot_spawn(aiot_worker_scope(w), accept_loop, &acc[i], NULL);
-        }
         if (idx == o.crash)
                 aiot_spawn(aiot_worker_scope(w), crash_later, NULL, NULL);
         log_fds(&o, w);
@@ -304,14 +285,15 @@ static int test_worker(aiot_worker *w)
         if (idx == o.recycle && first_time(&o, "recycle", idx))
                 event(&o, "recycle", w,
                       aiot_worker_recycle(w) == 0 && aiot_worker_recycle(w) == -EALREADY);
-        sig = aiot_worker_wait_stop(w);
+        sig = n ? aiot_worker_serve(w, &so) : aiot_worker_wait_stop(w);
         event(&o, "stop", w, sig);
+        if (sig < 0)
+                return sig;
         if (aiot_worker_wait_stop(w) != -EALREADY)
                 event(&o, "api-again-failed", w, 0);
         if (o.ignore)
                 for (;;)
                         aiot_sleep(3600);
-        free(acc);
         return 0;
 }
 

@@ -63,14 +63,18 @@ struct aiot_serve_opts {
         double write_timeout;   /* a write may wait this long for a peer that does not
                                    read (from the first time the socket is full; then
                                    -ETIMEDOUT); 0: 60 s */
+        double stop_grace;      /* at the stop: a kept connection idle this long is
+                                   closed (at once if it already was); 0: 1 s;
+                                   < 0: kept ones wait the whole drain time */
 };
 
 /* The standard worker body: one acceptor task per listener of w, a connection
  * per accepted fd.  Marks the worker ready and waits for the stop signal
  * (aiot_worker_wait_stop()), then stops accepting, serves the connections
  * already queued, closes this process's listeners, lets running handlers
- * finish and kept connections send their next request up to the drain time,
- * closes the kept connections that stayed idle and cancels the rest.  On
+ * finish, closes each kept connection once it has been idle for stop_grace
+ * (a request that arrives first is served), and after the drain time closes
+ * what is still kept and cancels the rest.  On
  * EMFILE / ENFILE accepting pauses for 0.1 s (logged at most every 10 s, with
  * the fd limit).  Returns the stop signal (> 0); -EINVAL (NULL, no handler,
  * bad opts, no listener), -ENOMEM, -EPERM (not w's root task, the main
@@ -89,6 +93,12 @@ int aiot_conn_peer(const aiot_conn *c, struct sockaddr_storage *ss, socklen_t *l
 
 /* The worker that serves c. */
 aiot_worker *aiot_conn_worker(const aiot_conn *c);
+
+/* The listening socket that accepted c (its name and address tell a
+ * multi-port server which service the client asked for); NULL for NULL.
+ * Valid while the handler runs, also after the listeners were closed at the
+ * stop (its fd then reads -1). */
+const aiot_listener *aiot_conn_listener(const aiot_conn *c);
 
 /* Reads until delim (a NUL-terminated string, not empty) has arrived and
  * consumes the bytes up to and including it; *data points at them until the
@@ -118,6 +128,14 @@ int aiot_conn_write(aiot_conn *c, const void *buf, size_t n);
  * be NULL) gets the number of bytes that went out, also on an error.
  * Returns 0 or -errno (-EPIPE, -ECANCELED, -ETIMEDOUT ...). */
 int aiot_conn_flush(aiot_conn *c, size_t *sent);
+
+/* Flushes what is buffered, then sends up to count bytes of the file fd
+ * from *offset (advanced by what went out; NULL: from fd's file offset,
+ * which advances) with sendfile(2), parking while the socket is full, under
+ * the write timeout.  Returns the number of bytes sent (fewer than count
+ * only when the file ended first), or -errno (-ETIMEDOUT, -ECANCELED,
+ * -EPIPE ...); after an error *offset says how far it got. */
+ssize_t aiot_conn_sendfile(aiot_conn *c, int fd, off_t *offset, size_t count);
 
 #ifdef __cplusplus
 }

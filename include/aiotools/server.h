@@ -122,6 +122,27 @@ int aiot_worker_on_signal(aiot_worker *w, int signo, aiot_task_fn fn, void *arg)
  * The supervisor ignores the request while a reload or a stop is under way. */
 int aiot_worker_recycle(aiot_worker *w);
 
+/* What a reload may change for the generation it starts (the reload hook
+ * of struct aiot_server_config).  The processes already running keep what
+ * they were forked with. */
+struct aiot_server_reload {
+        size_t size;                    /* sizeof(struct aiot_server_reload), set by the server */
+        unsigned gen;                   /* the generation about to start */
+        int workers;                    /* 1..1024 */
+        aiot_worker_fn worker;          /* required */
+        const aiot_worker_fn *extra;    /* the extra processes ... */
+        size_t n_extra;                 /* ... and how many (at most 1024) */
+        int argc;                       /* handed to every new context */
+        char *const *argv;
+        double stop_timeout;            /* seconds before SIGKILL; < 0: none at all */
+        int restart_limit;              /* >= 1 */
+        double restart_window;          /* > 0 */
+        double max_lifetime;            /* as in struct aiot_server_config */
+        double lifetime_jitter;
+        size_t max_rss;
+        char why[256];                  /* the reason, when the hook refuses */
+};
+
 struct aiot_server_config {
         size_t size;                    /* sizeof(struct aiot_server_config), so the struct can grow */
         int workers;                    /* 1..1024; 0: the number of online CPUs */
@@ -147,6 +168,33 @@ struct aiot_server_config {
         const char *proc_title;         /* "NAME": show "NAME: supervisor", "NAME: worker N" in ps by
                                            overwriting the argv area; NULL: leave it.  Only for a caller
                                            that no longer uses its argv strings. */
+        int blocking_threads;           /* threads of each process's blocking pool (aiot_run_blocking(3));
+                                           0: the default, 4 */
+        const char *control;            /* the path of a control socket (aiotools-serve ctl), or NULL:
+                                           none; mode 0600, or 0660 with control_group */
+        const char *control_group;      /* a group whose members may use it too, or NULL */
+        const char *metrics;            /* an address (aiot_listen_parse(3)) for an HTTP listener
+                                           serving GET /metrics and GET /healthz, or NULL */
+        double setup_timeout;           /* a process not ready within this many seconds failed its
+                                           setup; 0: 60; < 0: never */
+        /* Optional: called in the supervisor at each reload (SIGHUP), before
+         * the new generation is forked, with *r holding the running values;
+         * it may change them for the new generation.  A negative errno
+         * refuses the reload (r->why says why): the serving generation goes
+         * on unchanged.  See aiot_server_run(3). */
+        int (*reload)(struct aiot_server_reload *r, void *arg);
+        /* Optional: called once for each generation that had processes, once
+         * none of them is left (the place to unload its code). */
+        void (*retired)(unsigned gen, void *arg);
+        void *reload_arg;               /* handed to both */
+        /* Recycling policies: a worker is replaced (ready-gated, as
+         * aiot_worker_recycle()) once it has served max_lifetime seconds
+         * plus a share of lifetime_jitter drawn for each one (0: forever),
+         * or once its resident memory, as the supervisor reads it, exceeds
+         * max_rss bytes (0: no limit). */
+        double max_lifetime;
+        double lifetime_jitter;
+        size_t max_rss;
 };
 
 /* Runs the server until it stops and returns the process exit status:

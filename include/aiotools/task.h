@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #pragma GCC visibility push(default)
 
@@ -41,6 +42,7 @@ struct aiot_loop_opts {
         size_t size;          /* sizeof(struct aiot_loop_opts), so the struct can grow */
         size_t stack_size;    /* usable bytes per task stack; 0: 256 KiB */
         int virtual_clock;    /* nonzero: the clock jumps to the next deadline when idle */
+        size_t blocking_threads; /* threads of the blocking pool (aiot_run_blocking(3)); 0: 4 */
 };
 
 /* Creates a loop with its own libev loop (ev_loop_new()).  opts may be NULL.
@@ -70,6 +72,7 @@ aiot_task *aiot_current(void);
 struct aiot_spawn_opts {
         size_t size;          /* sizeof(struct aiot_spawn_opts) */
         size_t stack_size;    /* 0: the loop's stack size */
+        const char *name;     /* the task's name (aiot_task_set_name()), or NULL */
 };
 
 /* Spawns fn(arg) as a new task in scope s; it starts at the next scheduling
@@ -86,6 +89,68 @@ int aiot_spawn_opts(aiot_scope *s, aiot_task_fn fn, void *arg, const struct aiot
  * (t keeps running and the handle stays valid); -EDEADLK when t is the caller;
  * -EINVAL; -EPERM outside a task. */
 int aiot_join(aiot_task *t, int *result);
+
+/* Names t for aiot_loop_describe() and the watchdog's log.  The string is not
+ * copied: it must stay valid while t lives (a literal, or memory of the task's
+ * own state).  NULL removes the name.  Returns 0, -EINVAL (NULL t). */
+int aiot_task_set_name(aiot_task *t, const char *name);
+
+/* t's name, or NULL (no name, NULL t). */
+const char *aiot_task_name(const aiot_task *t);
+
+/* What a task is doing, as aiot_loop_describe() reports it. */
+enum aiot_task_state {
+        AIOT_TASK_RUNNING = 1, /* the caller of aiot_loop_describe(), typically */
+        AIOT_TASK_RUNNABLE,    /* in the run queue */
+        AIOT_TASK_PARKED,      /* waiting: see wait */
+        AIOT_TASK_DONE,        /* ended; its handle is not released yet */
+};
+
+/* What a parked task waits for. */
+enum aiot_task_wait {
+        AIOT_WAIT_NONE = 0,
+        AIOT_WAIT_FD_READ,  /* fd readable (aiot_read, aiot_accept ...) */
+        AIOT_WAIT_FD_WRITE, /* fd writable */
+        AIOT_WAIT_FD_RW,    /* either */
+        AIOT_WAIT_SLEEP,    /* a sleep; wake_in says until when */
+        AIOT_WAIT_EVENT,    /* an aiot_event */
+        AIOT_WAIT_SEM,      /* an aiot_sem */
+        AIOT_WAIT_JOIN,     /* the end of wait_task */
+        AIOT_WAIT_CHILD,    /* the end of child process wait_id */
+        AIOT_WAIT_OTHER,    /* something else (a scope's close, a drain ...) */
+};
+
+struct aiot_task_info {
+        const aiot_task *task;
+        const aiot_task *parent;    /* the task hosting its scope; NULL for the root */
+        int depth;                  /* 0 for the root, its children 1 ... */
+        const char *name;           /* NULL: unnamed */
+        int state;                  /* enum aiot_task_state */
+        int wait;                   /* enum aiot_task_wait, for a parked task */
+        long wait_id;               /* the fd (AIOT_WAIT_FD_*), the pid (AIOT_WAIT_CHILD), else -1 */
+        const aiot_task *wait_task; /* AIOT_WAIT_JOIN: the task waited for */
+        const void *wait_object;    /* AIOT_WAIT_EVENT / _SEM: the event or semaphore */
+        double parked_for;          /* seconds since it parked (about: the loop's last poll) */
+        double wake_in;             /* AIOT_WAIT_SLEEP: seconds until it wakes; else -1 */
+        double deadline_in;         /* seconds until its innermost deadline expires; -1: none */
+        unsigned cancel_count;      /* cancellation requests (aiot_cancelling()) */
+        int shielded;               /* inside aiot_shield_begin() */
+};
+
+typedef void (*aiot_describe_fn)(const struct aiot_task_info *info, void *arg);
+
+/* Calls fn once per task of loop, the tree of scopes depth first (each task
+ * before the tasks of the scopes it hosts), without switching: from a task of
+ * the loop or from a callback on it.  Costs nothing until called (what a task
+ * waits for is read from what it parked with).  Returns the number of tasks,
+ * or -EINVAL. */
+int aiot_loop_describe(aiot_loop *loop, aiot_describe_fn fn, void *arg);
+
+/* aiot_loop_describe() as text on f, one line per task, indented by depth
+ * (flags 0), or as a JSON array of objects (AIOT_DUMP_JSON).  Returns the
+ * number of tasks, or -EINVAL. */
+#define AIOT_DUMP_JSON 1
+int aiot_loop_dump_tasks(aiot_loop *loop, FILE *f, unsigned flags);
 
 /* 1 once t has ended, 0 while it runs (also 0 for NULL). */
 int aiot_task_done(const aiot_task *t);

@@ -150,6 +150,7 @@ static void poll_once(aiot_loop *l)
         l->since_poll = 0;
         l->poll_checks = 0;
         l->last_poll_ns = mono_ns();
+        aiot__trim_check(l);
         if (l->virtual_clock) {
                 ev_run(l->pub.ev, EVRUN_NOWAIT);
                 aiot__timers_fire(l, l->vnow);
@@ -225,6 +226,7 @@ static const char *overflow_namer(void)
 int aiot_loop_new(aiot_loop **ret, const struct aiot_loop_opts *opts)
 {
         size_t stack_size = 0;
+        size_t blocking_threads = 0;
         int virtual_clock = 0, r;
         aiot_loop *l;
 
@@ -234,6 +236,10 @@ int aiot_loop_new(aiot_loop **ret, const struct aiot_loop_opts *opts)
                 aiot__return_if(opts->size < offsetof(struct aiot_loop_opts, virtual_clock) + sizeof(int), -EINVAL);
                 stack_size = opts->stack_size;
                 virtual_clock = opts->virtual_clock;
+                /* A caller built before the field existed passes a shorter struct. */
+                if (opts->size >= offsetof(struct aiot_loop_opts, blocking_threads) + sizeof(size_t))
+                        blocking_threads = opts->blocking_threads;
+                aiot__return_if(blocking_threads > AIOT__BLOCKING_THREADS_MAX, -EINVAL);
         }
         l = calloc(1, sizeof(*l));
         if (!l)
@@ -252,6 +258,7 @@ int aiot_loop_new(aiot_loop **ret, const struct aiot_loop_opts *opts)
         ev_init(&l->tw, tw_cb);
         l->stack_size = aiot__stack_pool_size(l->pool);
         l->virtual_clock = !!virtual_clock;
+        l->pub.blocking_threads = (unsigned)blocking_threads;
         l->vnow = mono_ns();
         l->free_max = RUNNING_ON_VALGRIND ? 0 : FREE_TASKS_MAX;
         aiot__stack_overflow_namer = overflow_namer;
@@ -268,6 +275,7 @@ void aiot_loop_free(aiot_loop *l)
                 if (l->pub.ext[i].destroy)
                         l->pub.ext[i].destroy(l, l->pub.ext[i].data);
         ev_timer_stop(l->pub.ev, &l->tw);
+        aiot__trim_stop(l);
         ev_loop_destroy(l->pub.ev);
         while (l->free_tasks) {
                 aiot_task *t = l->free_tasks;

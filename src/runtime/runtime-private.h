@@ -93,6 +93,9 @@ struct aiot_loop {
         aiot_task *root;
         aiot_task *free_tasks;
         size_t n_free, free_max;
+        size_t n_free_low; /* n_free's lowest since the last trim (trim.c) */
+        ev_timer trim;     /* trim.c's pass, active while there is something to trim */
+        size_t trim_freed; /* task structs trim.c freed in its current run of passes */
         struct heap_ent *heap; /* 1-based binary heap */
         size_t heap_n, heap_cap;
         uint64_t heap_seq;
@@ -156,6 +159,8 @@ struct aiot_task {
         size_t tag;             /* the index for gather / race / as_completed */
         void *stack_lo;
         size_t stack_size;
+        const char *name;       /* aiot_task_set_name(), or NULL */
+        uint64_t parked_at;     /* the loop's last poll when it parked (describe.c) */
 };
 
 struct aiot_scope {
@@ -199,6 +204,10 @@ int aiot__task_spawn(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_siz
                                           *ret set on success only */
 void aiot__task_free(aiot_task *t);
 void aiot__interrupt(aiot_task *t, int rc);  /* a cancellation or deadline reaches t */
+
+/* trim.c: memory of ended tasks back to the kernel once they stay unused */
+void aiot__trim_check(aiot_loop *l); /* at each poll: starts the pass's timer when due */
+void aiot__trim_stop(aiot_loop *l);
 
 /* scope.c */
 void aiot__scope_child_report(aiot_task *t);     /* in the ending child (t->scope set),
@@ -410,6 +419,7 @@ AIOT_INLINE int park_intr_checked(aiot_loop *l, aiot_task *t, aiot__unpark_fn un
         t->unpark = unpark;
         t->unpark_arg = arg;
         t->parked_intr = 1;
+        t->parked_at = l->last_poll_ns;
         t->state = AIOT__T_PARKED;
         task_suspend(l, t);
         return t->wake_rc;

@@ -11,8 +11,10 @@
  *  aiot__task_loop(t)           the loop of a task.
  *  aiot__loop_ev(l)             its struct ev_loop * (= aiot_loop_ev()).
  *  aiot__loop_ext_get/_set      per-loop extensions of other modules (io's fd
- *                               watcher table), with a destructor run by
- *                               aiot_loop_free() before the libev loop goes.
+ *                               watcher table, blocking's thread pool), with a
+ *                               destructor run by aiot_loop_free() before the
+ *                               libev loop goes.
+ *  aiot__loop_pub(l)->blocking_threads  the pool size the loop was made with.
  *
  *  Park / wake (the one blocking primitive every blocking call is built on):
  *  aiot__park(unpark, arg)      parks the current task until aiot__wake(t, rc) and
@@ -79,10 +81,14 @@ struct ev_loop;
 
 enum {
         AIOT__EXT_IO = 0, /* io.c: the fd watcher table and the task-forked children */
-        AIOT__NEXT = 1,
+        AIOT__EXT_BLOCKING = 1, /* blocking.c: the thread pool */
+        AIOT__NEXT = 2,
 };
 
 typedef void (*aiot__ext_destroy_fn)(aiot_loop *l, void *data);
+
+/* The largest aiot_loop_opts.blocking_threads aiot_loop_new() takes. */
+#define AIOT__BLOCKING_THREADS_MAX 1024
 
 /* The head of every struct aiot_loop: what the inline accessors read. */
 struct aiot__loop_pub {
@@ -92,6 +98,7 @@ struct aiot__loop_pub {
                 void *data;
                 aiot__ext_destroy_fn destroy;
         } ext[AIOT__NEXT];
+        unsigned blocking_threads; /* aiot_loop_opts.blocking_threads, for blocking.c */
 };
 
 /* The head of every struct aiot_task: what a cancellation check reads. */
@@ -150,6 +157,14 @@ void aiot__loop_ext_set(aiot_loop *l, int ext, void *data, aiot__ext_destroy_fn 
 typedef void (*aiot__unpark_fn)(aiot_task *t, void *arg);
 int aiot__park(aiot__unpark_fn unpark, void *arg);
 int aiot__park_checked(aiot__unpark_fn unpark, void *arg);
+/* describe.c: what a parked task waits for is read from the unpark hook it
+ * parked with; the files that park (task.c, sync.c, io.c) register theirs
+ * (from a constructor) with a function that fills in the wait fields. */
+struct aiot_task_info;
+typedef void (*aiot__wait_info_fn)(const aiot_task *t, void *unpark_arg, struct aiot_task_info *ti);
+void aiot__wait_kind_register(aiot__unpark_fn unpark, aiot__wait_info_fn info);
+/* The live tasks of l (a walk of the tree: for a periodic figure, not a hot path). */
+size_t aiot__loop_task_count(aiot_loop *l);
 int aiot__park_nointr(void);
 int aiot__wake(aiot_task *t, int rc);
 

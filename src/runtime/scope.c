@@ -49,6 +49,9 @@ int aiot_spawn_opts(aiot_scope *s, aiot_task_fn fn, void *arg, const struct aiot
         r = aiot__task_spawn(s, fn, arg, stack_size, ret != NULL, &t);
         if (r < 0)
                 return r;
+        /* A caller built before the name field passes a shorter struct. */
+        if (opts && opts->size >= offsetof(struct aiot_spawn_opts, name) + sizeof(opts->name))
+                t->name = opts->name;
         if (ret)
                 *ret = t;
         return 0;

@@ -1,6 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /* Task stacks: chunked mmap, guard regions that do not split mappings, a free
- * list for reuse, and the overflow reporter.  See src/runtime/stack.h.
+ * list for reuse, released stacks whose pages went back to the kernel, and the
+ * overflow reporter.  See src/runtime/stack.h.
+ *
+ * A stack is in one of three states besides handed out.  Warm: on the free
+ * list, its pages kept (the list's links live in the header at the stack's top,
+ * a page the last task touched anyway).  Released: its pages given back with
+ * MADV_DONTNEED, header included, so it costs no memory; its index waits in its
+ * chunk's array of released slots (kept with the chunk's malloc'd record, since
+ * nothing of the stack may be touched), and the guard below it stays as it was.
+ * Never used: the rest of a chunk, handed out by bumping.  Get takes warm first,
+ * then released, then a new slot.  A chunk whose used slots are all released
+ * is unmapped: MADV_DONTNEED leaves the page tables (the guards are entries in
+ * them, so the kernel cannot reclaim them as empty), 4 KiB per 2 MiB of stacks,
+ * and only an unmap gives those back too.
  *
  * No step of getting or putting a stack looks at other stacks or mappings, so a
  * spawn costs the same with a million live tasks as with none; only the fault
@@ -61,10 +74,12 @@
 struct stack_hdr {
         struct stack_hdr *next; /* free list */
         struct region *region;  /* a stack of its own (odd size): its region */
+        struct chunk *chunk;    /* a stack of a chunk: that chunk */
         unsigned vg_id;         /* valgrind's stack id while handed out */
 };
 #define HDR_SIZE 64u
 _Static_assert(sizeof(struct stack_hdr) <= HDR_SIZE, "header fits");
+_Static_assert(CHUNK_MAX_STACKS <= 65536, "a slot index fits a chunk's released[]");
 
 /* A mapping holding guarded stacks, as the fault handler sees it: slot i spans
  * [base + i * slot, + slot) and starts with its guard.  Regions are never freed,
@@ -88,11 +103,14 @@ static struct region *free_regions;
 static pthread_mutex_t regions_lock = PTHREAD_MUTEX_INITIALIZER;
 
 struct chunk {
-        struct chunk *next;
+        struct chunk *next, *prev;         /* every chunk of the pool */
+        struct chunk *rel_next, *rel_prev; /* those with released slots */
         char *base;
         size_t len;
         size_t n_used; /* slots handed out at least once (bump allocation) */
         struct region *region;
+        size_t n_released;
+        uint16_t released[]; /* slot indices, n_per_chunk of room */
 };
 
 struct aiot__stack_pool {
@@ -100,7 +118,11 @@ struct aiot__stack_pool {
         size_t slot;   /* guard + stack + header */
         size_t n_per_chunk;
         struct chunk *chunks; /* the head is the one being bumped */
+        struct chunk *rel_chunks; /* chunks with released slots */
         struct stack_hdr *free;
+        size_t n_free;     /* on the free list */
+        size_t n_free_low; /* the list's shortest since the last trim */
+        size_t n_released;
         size_t outstanding;
 };
 
@@ -394,7 +416,7 @@ size_t aiot__stack_pool_size(const aiot__stack_pool *p)
 
 static int chunk_add(aiot__stack_pool *p)
 {
-        struct chunk *c = calloc(1, sizeof(*c));
+        struct chunk *c = calloc(1, sizeof(*c) + p->n_per_chunk * sizeof(c->released[0]));
         void *base;
 
         if (!c)
@@ -415,8 +437,61 @@ static int chunk_add(aiot__stack_pool *p)
                 return -ENOMEM;
         }
         c->next = p->chunks;
+        if (c->next)
+                c->next->prev = c;
         p->chunks = c;
         return 0;
+}
+
+static void rel_link(aiot__stack_pool *p, struct chunk *c)
+{
+        c->rel_prev = NULL;
+        c->rel_next = p->rel_chunks;
+        if (c->rel_next)
+                c->rel_next->rel_prev = c;
+        p->rel_chunks = c;
+}
+
+static void rel_unlink(aiot__stack_pool *p, struct chunk *c)
+{
+        if (c->rel_prev)
+                c->rel_prev->rel_next = c->rel_next;
+        else
+                p->rel_chunks = c->rel_next;
+        if (c->rel_next)
+                c->rel_next->rel_prev = c->rel_prev;
+}
+
+/* Unmaps a chunk none of whose stacks is warm or handed out. */
+static void chunk_drop(aiot__stack_pool *p, struct chunk *c)
+{
+        if (c->n_released)
+                rel_unlink(p, c);
+        p->n_released -= c->n_released;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                p->chunks = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        region_drop(c->region);
+        munmap(c->base, c->len);
+        free(c);
+}
+
+/* A released slot for get, from the chunk that released last. */
+static struct stack_hdr *released_take(aiot__stack_pool *p)
+{
+        struct chunk *c = p->rel_chunks;
+        char *slot = c->base + (size_t)c->released[--c->n_released] * p->slot;
+        struct stack_hdr *h = (struct stack_hdr *)(slot + p->slot - HDR_SIZE);
+
+        if (!c->n_released)
+                rel_unlink(p, c);
+        p->n_released--;
+        /* Its header page is a fresh zero page now. */
+        h->chunk = c;
+        return h;
 }
 
 /* Marks [lo, lo + usable) as a stack for valgrind; the header above it carries
@@ -471,6 +546,11 @@ int aiot__stack_get(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
         h = p->free;
         if (h) {
                 p->free = h->next;
+                if (--p->n_free < p->n_free_low)
+                        p->n_free_low = p->n_free;
+                slot = (char *)h + HDR_SIZE - p->slot;
+        } else if (p->rel_chunks) {
+                h = released_take(p);
                 slot = (char *)h + HDR_SIZE - p->slot;
         } else {
                 if (!p->chunks || p->chunks->n_used == p->n_per_chunk) {
@@ -484,6 +564,7 @@ int aiot__stack_get(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
                         return r == -ENOMEM ? r : -ENOMEM;
                 p->chunks->n_used++;
                 h = (struct stack_hdr *)(slot + p->slot - HDR_SIZE);
+                h->chunk = p->chunks;
         }
         *lo = slot + GUARD_SIZE;
         *usable = p->usable;
@@ -492,7 +573,9 @@ int aiot__stack_get(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
         return 0;
 }
 
-void aiot__stack_put(aiot__stack_pool *p, void *lo, size_t usable)
+/* What put and release share: valgrind and ASan forget the stack; an odd one
+ * is unmapped (returns 1), one of the pool's is left to the caller (0). */
+static inline __attribute__((always_inline)) int stack_return(aiot__stack_pool *p, void *lo, size_t usable)
 {
         struct stack_hdr *h = (struct stack_hdr *)((char *)lo + usable);
 
@@ -507,10 +590,89 @@ void aiot__stack_put(aiot__stack_pool *p, void *lo, size_t usable)
         if (usable != p->usable) {
                 region_drop(h->region);
                 munmap((char *)lo - GUARD_SIZE, GUARD_SIZE + usable + HDR_SIZE);
-                return;
+                return 1;
         }
-        /* The pages stay: reuse is cheap, and a parked pool costs what its tasks
-         * touched.  LIFO, so the most recently used (warm) stack goes out next. */
+        return 0;
+}
+
+static inline void free_push(aiot__stack_pool *p, struct stack_hdr *h)
+{
         h->next = p->free;
         p->free = h;
+        p->n_free++;
+}
+
+void aiot__stack_put(aiot__stack_pool *p, void *lo, size_t usable)
+{
+        if (stack_return(p, lo, usable))
+                return;
+        /* The pages stay: reuse is cheap, and trimming gives them back later if
+         * nobody needs them.  LIFO, so the most recently used (warm) stack goes
+         * out next. */
+        free_push(p, (struct stack_hdr *)((char *)lo + usable));
+}
+
+/* Gives the pages of the stack with header h back (not its guard) and files
+ * it as released in its chunk, which goes when that was its last stack in use. */
+static void stack_release_hdr(aiot__stack_pool *p, struct stack_hdr *h)
+{
+        struct chunk *c = h->chunk;
+        char *slot = (char *)h + HDR_SIZE - p->slot;
+
+        if (c->n_released + 1 == c->n_used) {
+                p->n_released++;
+                c->n_released++;
+                chunk_drop(p, c);
+                return;
+        }
+        /* DONTNEED rather than FREE: the memory leaves the process's private
+         * bytes at once, which is what a server's operator watches; the cost is
+         * a zeroed page at the next touch, paid only by stacks that stood idle
+         * for a whole trim interval. */
+        (void)madvise(slot + GUARD_SIZE, p->slot - GUARD_SIZE, MADV_DONTNEED);
+        if (!c->n_released)
+                rel_link(p, c);
+        c->released[c->n_released++] = (uint16_t)((size_t)(slot - c->base) / p->slot);
+        p->n_released++;
+}
+
+void aiot__stack_release(aiot__stack_pool *p, void *lo, size_t usable)
+{
+        if (stack_return(p, lo, usable))
+                return;
+        stack_release_hdr(p, (struct stack_hdr *)((char *)lo + usable));
+}
+
+size_t aiot__stack_pool_trim(aiot__stack_pool *p, size_t keep, size_t max)
+{
+        size_t n = p->n_free_low > keep ? p->n_free_low - keep : 0, done = 0;
+        struct stack_hdr **link = &p->free;
+
+        if (n > max)
+                n = max;
+        /* The list never got shorter than n_free_low since the last trim, so
+         * that many of its stacks were not needed meanwhile; which ones go makes
+         * no difference to memory, and those below the first keep are the ones
+         * least likely to be in the caches. */
+        for (size_t i = 0; i < keep && *link; i++)
+                link = &(*link)->next;
+        for (; done < n && *link; done++) {
+                struct stack_hdr *h = *link;
+
+                *link = h->next;
+                p->n_free--;
+                stack_release_hdr(p, h);
+        }
+        p->n_free_low = p->n_free;
+        return done;
+}
+
+size_t aiot__stack_pool_idle(const aiot__stack_pool *p)
+{
+        return p->n_free;
+}
+
+size_t aiot__stack_pool_released(const aiot__stack_pool *p)
+{
+        return p->n_released;
 }

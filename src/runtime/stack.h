@@ -11,7 +11,13 @@
  * Pages of a stack are never touched by the pool beyond a small header at its
  * top, so a task that uses little stack costs one page of RSS.  A stack returned
  * with aiot__stack_put() keeps its pages and goes on a free list; the next
- * aiot__stack_get() of that size reuses it.
+ * aiot__stack_get() of that size reuses it.  So that memory does not follow the
+ * peak number of live tasks for ever, aiot__stack_pool_trim() (called by the
+ * task layer about once a second while there is something to trim, never on the
+ * get / put path) gives the pages of the stacks that stood unused back to the
+ * kernel; aiot__stack_release() does the same for one stack at once.  A released
+ * stack costs no memory (its address is kept on the side) and is handed out
+ * again like the others, after the warm ones.
  *
  * Touching a guard prints "stack overflow in task NAME (fault at ADDR)" to stderr
  * and aborts; see aiot__stack_overflow_namer.  Every other SIGSEGV or SIGBUS (a
@@ -43,6 +49,21 @@ int aiot__stack_get(aiot__stack_pool *p, size_t size, void **lo, size_t *usable)
 
 /* Returns a stack got from p, with the lo and usable that get returned. */
 void aiot__stack_put(aiot__stack_pool *p, void *lo, size_t usable);
+
+/* Returns a stack like aiot__stack_put(), but gives its pages back to the
+ * kernel (MADV_DONTNEED; its guard stays): for one that is not expected to be
+ * needed soon. */
+void aiot__stack_release(aiot__stack_pool *p, void *lo, size_t usable);
+
+/* Releases free stacks that were not needed since the last trim: as many as the
+ * free list's shortest length since then exceeds keep, at most max, sparing the
+ * keep most recently returned.  Returns how many it released; starts the next
+ * interval.  Costs one madvise(2) per stack released and nothing else. */
+size_t aiot__stack_pool_trim(aiot__stack_pool *p, size_t keep, size_t max);
+
+/* Free stacks with their pages kept (idle), and released ones. */
+size_t aiot__stack_pool_idle(const aiot__stack_pool *p);
+size_t aiot__stack_pool_released(const aiot__stack_pool *p);
 
 /* The pool's default usable size per stack. */
 size_t aiot__stack_pool_size(const aiot__stack_pool *p);

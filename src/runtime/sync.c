@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <stdlib.h>
 
+#include "aiotools/task.h"
 #include "runtime-private.h"
 
 /* ---------------------------------------------------------------- events */
@@ -18,6 +19,7 @@ struct waiter {
 
 struct waitq {
         struct waiter *head, *tail;
+        int is_sem; /* for aiot_loop_describe(): the queue is the first member of either */
 };
 
 static void waitq_add(struct waitq *q, struct waiter *w, aiot_task *t)
@@ -63,6 +65,19 @@ static void waiter_unpark(aiot_task *t, void *arg)
 
         if (w->q)
                 waitq_del(w);
+}
+
+static void waiter_info(const aiot_task *t, void *arg, struct aiot_task_info *ti)
+{
+        struct waiter *w = arg;
+
+        ti->wait = w->q && w->q->is_sem ? AIOT_WAIT_SEM : AIOT_WAIT_EVENT;
+        ti->wait_object = w->q;
+}
+
+__attribute__((constructor)) static void sync_register_waits(void)
+{
+        aiot__wait_kind_register(waiter_unpark, waiter_info);
 }
 
 /* Parks the current task on q; the check has been done by the caller.  The
@@ -165,6 +180,7 @@ int aiot_sem_new(aiot_sem **ret, unsigned value)
         if (!s)
                 return -ENOMEM;
         s->value = value;
+        s->q.is_sem = 1;
         *ret = s;
         return 0;
 }

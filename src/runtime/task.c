@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "aiotools/task.h"
 #include "runtime-private.h"
 
 /* ---------------------------------------------------------------- tasks */
@@ -30,7 +31,8 @@ static aiot_task *task_alloc(aiot_loop *l)
 
         if (t) {
                 l->free_tasks = t->rq_next;
-                l->n_free--;
+                if (--l->n_free < l->n_free_low)
+                        l->n_free_low = l->n_free; /* see trim.c */
                 return t;
         }
         t = malloc(sizeof(*t));
@@ -41,8 +43,9 @@ static aiot_task *task_alloc(aiot_loop *l)
 
 /* Whether t may go on the free list with what it holds.  One with a stack of
  * the pool always may (unless recycling is off: free_max 0, under valgrind and
- * ASan): its stack would stay in the pool anyway, whose pages are never given
- * back, and the struct adds ~5 % to the page or more each stack keeps.  That
+ * ASan): its stack would stay in the pool anyway, and the struct adds ~5 % to
+ * the page or more each stack keeps; trim.c gives both back once they stay
+ * unused.  That
  * spares a free() and an aiot__stack_put() per task when many end at once
  * (cancel_and_wait of 10 000 parked tasks: 472 -> 350 instructions each).
  * Bare structs are kept up to free_max. */
@@ -143,6 +146,7 @@ AIOT_INLINE int task_create(aiot_loop *l, aiot_task_fn fn, void *arg, size_t sta
         t->sc_prev = t->sc_next = NULL;
         t->hosted = NULL;
         t->tag = 0;
+        t->name = NULL;
         /* Stacks of equal size put every task's frames at the same offset in a
          * page; a switch then stores to one stack and loads from the other at
          * addresses 4 KiB apart, which the CPU mistakes for a dependency (4K
@@ -324,6 +328,7 @@ int aiot__park_nointr(void)
 
         t->unpark = NULL;
         t->parked_intr = 0;
+        t->parked_at = l->last_poll_ns;
         t->state = AIOT__T_PARKED;
         task_suspend(l, t);
         return t->wake_rc;
@@ -402,6 +407,15 @@ static void sleep_unpark(aiot_task *t, void *arg)
         struct sleeper *s = arg;
 
         aiot__timer_disarm(t->pub.loop, &s->tm);
+}
+
+static void sleep_info(const aiot_task *t, void *arg, struct aiot_task_info *ti)
+{
+        struct sleeper *s = arg;
+        uint64_t now = aiot__now_ns(t->pub.loop);
+
+        ti->wait = AIOT_WAIT_SLEEP;
+        ti->wake_in = !s->tm.idx ? -1 : s->tm.at > now ? (double)(s->tm.at - now) / 1e9 : 0;
 }
 
 int aiot__sleep_until(uint64_t at)
@@ -497,6 +511,19 @@ static void join_unpark(aiot_task *self, void *arg)
         *w->pprev = w->next;
         if (w->next)
                 w->next->pprev = w->pprev;
+}
+
+/* The task waited for is found by describe.c, from the node (wait_object). */
+static void join_info(const aiot_task *t, void *arg, struct aiot_task_info *ti)
+{
+        ti->wait = AIOT_WAIT_JOIN;
+        ti->wait_object = arg;
+}
+
+__attribute__((constructor)) static void task_register_waits(void)
+{
+        aiot__wait_kind_register(sleep_unpark, sleep_info);
+        aiot__wait_kind_register(join_unpark, join_info);
 }
 
 AIOT_INLINE void join_link(aiot_task *t, struct aiot__join_wait *w, aiot_task *self)

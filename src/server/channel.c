@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The supervisor's channels: to its processes, and to the service manager.
  *
- * Report pipe.  Each process gets a CLOEXEC pipe before it is forked; it
+ * Report channel.  Each process gets a CLOEXEC socketpair before it is
+ * forked (control.c also sends it requests over it: MSG_TASKS, MSG_LOG_LEVEL); it
  * writes READY when it reaches aiot_worker_wait_stop(), FAILED with the
  * -errno of a setup that returned before it, RECYCLE from
  * aiot_worker_recycle().  The supervisor reads it non-blocking, and once more
@@ -9,7 +10,7 @@
  * is not lost.
  *
  * Heartbeat.  Liveness goes through a shared anonymous mapping instead of the
- * pipe: one cell per process, bumped by each iteration of its loop (a plain
+ * channel: one cell per process, bumped by each iteration of its loop (a plain
  * store, no system call per request).  The liveness tick reads every cell; a
  * process whose cell has not moved for the worker timeout gets PE_HUNG
  * (SIGABRT, then SIGKILL after the abort grace: proc.c), and WATCHDOG=1 is
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "aiotools/log.h"
@@ -48,10 +50,18 @@ static void beat_prepare_cb(struct ev_loop *loop, ev_prepare *p, int revents)
         struct aiot__beat *b = p->data;
 
         __atomic_store_n(b->cell, ++b->beats, __ATOMIC_RELAXED);
+        /* ev_now() is still the end of the last poll: what ran since is the stall. */
+        if (b->stat) {
+                double lag = ev_time() - ev_now(loop);
+
+                if (lag > b->lag_max)
+                        b->lag_max = lag;
+        }
 }
 
 static void beat_tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
+        aiot__stat_tick(t->data);
 }
 
 void aiot__beat_start(struct ev_loop *evl, struct aiot__beat *b, uint64_t *cell, double period)
@@ -63,6 +73,8 @@ void aiot__beat_start(struct ev_loop *evl, struct aiot__beat *b, uint64_t *cell,
         b->prep.data = b;
         ev_prepare_start(evl, &b->prep);
         ev_timer_init(&b->tick, beat_tick_cb, period, period);
+        b->tick.data = b;
+        b->window_start = ev_now(evl);
         ev_timer_start(evl, &b->tick);
 }
 
@@ -74,7 +86,7 @@ void aiot__beat_stop(struct ev_loop *evl, struct aiot__beat *b)
         ev_timer_stop(evl, &b->tick);
 }
 
-/* ---------------------------------------------------------------- the report pipe */
+/* ---------------------------------------------------------------- the report channel */
 
 static int beat_alloc(struct server *srv)
 {
@@ -95,20 +107,25 @@ void aiot__beat_release(struct proc *p)
         p->beat = -1;
 }
 
-/* Before the fork: the pipe (the child gets *write_fd) and a fresh heartbeat cell. */
+/* Before the fork: the channel (the child gets *write_fd) and a fresh
+ * heartbeat cell.  A socketpair of datagrams rather than a pipe, so that the
+ * supervisor can also ask the process things, with an fd to answer on. */
 int aiot__channel_open(struct proc *p, int *write_fd)
 {
         struct server *srv = p->srv;
         int fds[2];
 
-        if (pipe2(fds, O_CLOEXEC) < 0)
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) < 0)
                 return -errno;
         p->report_rd = fds[0];
         *write_fd = fds[1];
         if (p->beat < 0)
                 p->beat = beat_alloc(srv);
-        if (p->beat >= 0)
+        if (p->beat >= 0) {
                 __atomic_store_n(&srv->beats[p->beat], 0, __ATOMIC_RELAXED);
+                if (srv->stats)
+                        memset(&srv->stats[p->beat], 0, sizeof(srv->stats[p->beat]));
+        }
         p->beat_last = 0;
         p->beat_change = aiot__now_mono();
         return 0;
@@ -136,7 +153,7 @@ void aiot__channel_close(struct proc *p)
         p->report_rd = aiot__close(p->report_rd);
 }
 
-/* Drains the report pipe; a FAILED message is kept for the exit log line. */
+/* Drains the report channel; a FAILED message is kept for the exit log line. */
 void aiot__channel_read(struct proc *p)
 {
         struct msg m;
@@ -162,18 +179,50 @@ void aiot__channel_read(struct proc *p)
         }
 }
 
+/* A request to the process: type and value, and an fd it receives (or -1). */
+int aiot__channel_send(struct proc *p, int type, int value, int fd)
+{
+        struct msg m = {.type = type, .value = value};
+        struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } u;
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+
+        if (p->report_rd < 0)
+                return -ENOTCONN;
+        if (fd >= 0) {
+                memset(&u, 0, sizeof(u));
+                mh.msg_control = u.buf;
+                mh.msg_controllen = sizeof(u.buf);
+                CMSG_FIRSTHDR(&mh)->cmsg_level = SOL_SOCKET;
+                CMSG_FIRSTHDR(&mh)->cmsg_type = SCM_RIGHTS;
+                CMSG_FIRSTHDR(&mh)->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(CMSG_FIRSTHDR(&mh)), &fd, sizeof(int));
+        }
+        if (AIOT_RETRY_EINTR(sendmsg(p->report_rd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL)) < 0)
+                return -errno;
+        return 0;
+}
+
 /* ---------------------------------------------------------------- the heartbeat page */
 
+/* The heartbeat cells and, beside them, the status records (struct aiot__wstat). */
 int aiot__beats_setup(struct server *srv)
 {
         void *m = mmap(NULL, BEAT_CELLS * sizeof(*srv->beats), PROT_READ | PROT_WRITE,
                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        void *st;
 
         if (m == MAP_FAILED) {
                 aiot_log(AIOT_LOG_WARNING, "no worker heartbeats: mmap: %s", strerror(errno));
                 return -errno;
         }
         srv->beats = m;
+        st = mmap(NULL, BEAT_CELLS * sizeof(*srv->stats), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                  -1, 0);
+        srv->stats = st == MAP_FAILED ? NULL : st;
         return 0;
 }
 
@@ -181,7 +230,10 @@ void aiot__beats_free(struct server *srv)
 {
         if (srv->beats)
                 munmap(srv->beats, BEAT_CELLS * sizeof(*srv->beats));
+        if (srv->stats)
+                munmap(srv->stats, BEAT_CELLS * sizeof(*srv->stats));
         srv->beats = NULL;
+        srv->stats = NULL;
 }
 
 /* Reads the heartbeat counter of a running process; returns how long it has
@@ -200,6 +252,14 @@ static double proc_stalled(struct proc *p, double now)
         return now - p->beat_change;
 }
 
+/* How long the heartbeat of p has not moved, in seconds; -1 without one. */
+double aiot__proc_beat_age(struct proc *p, double now)
+{
+        if (p->beat < 0 || !p->srv->beats || (p->state != PROC_STARTING && p->state != PROC_READY))
+                return -1;
+        return proc_stalled(p, now);
+}
+
 void aiot__live_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
         struct server *srv = w->data;
@@ -211,6 +271,9 @@ void aiot__live_cb(struct ev_loop *loop, ev_timer *w, int revents)
                 double stalled = proc_stalled(p, now);
 
                 if (srv->worker_timeout <= 0 || stalled <= srv->worker_timeout || !p->child)
+                        continue;
+                /* A setup has its own bound, --setup-timeout (proc.c). */
+                if (p->state == PROC_STARTING && srv->setup_timeout > 0)
                         continue;
                 aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) hung for %.1f s: aborting",
                          aiot__kind_name(p->kind), p->index, (int)p->pid, stalled);

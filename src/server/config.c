@@ -149,7 +149,8 @@ int aiot__check_config(struct server *srv, const struct aiot_server_config *cfg)
         if (cfg->n_extra > MAX_WORKERS || (cfg->n_extra && !cfg->extra) || (cfg->n_binds && !cfg->binds) ||
             cfg->n_stop_signals > MAX_SIGNALS || (cfg->n_stop_signals && !cfg->stop_signals) ||
             isnan(cfg->stop_timeout) || cfg->restart_limit < 0 || !(cfg->restart_window >= 0) ||
-            cfg->argc < 0 || isnan(cfg->worker_timeout)) {
+            cfg->argc < 0 || isnan(cfg->worker_timeout) || cfg->blocking_threads < 0 ||
+            cfg->blocking_threads > 1024 || isnan(cfg->setup_timeout)) {
                 aiot_log(AIOT_LOG_ERR, "invalid server configuration");
                 return -EINVAL;
         }
@@ -199,6 +200,22 @@ int aiot__check_config(struct server *srv, const struct aiot_server_config *cfg)
         srv->reuseport = cfg->reuseport;
         srv->pidfile = cfg->pidfile;
         srv->proc_title = cfg->proc_title;
+        srv->blocking_threads = cfg->blocking_threads;
+        srv->setup_timeout = cfg->setup_timeout == 0 ? SETUP_TIMEOUT : cfg->setup_timeout < 0 ? -1 : cfg->setup_timeout;
+        srv->control_path = cfg->control && *cfg->control ? cfg->control : NULL;
+        srv->control_group = cfg->control_group;
+        srv->metrics_addr = cfg->metrics;
+        srv->reload_fn = cfg->reload;
+        srv->retired_fn = cfg->retired;
+        srv->reload_arg = cfg->reload_arg;
+        if (!(cfg->max_lifetime >= 0) || !(cfg->lifetime_jitter >= 0) || isinf(cfg->max_lifetime) ||
+            isinf(cfg->lifetime_jitter)) {
+                aiot_log(AIOT_LOG_ERR, "invalid server configuration: bad worker lifetime");
+                return -EINVAL;
+        }
+        srv->max_lifetime = cfg->max_lifetime;
+        srv->lifetime_jitter = cfg->lifetime_jitter;
+        srv->max_rss = cfg->max_rss;
         if (srv->reuseport && cfg->n_binds == 0) {
                 aiot_log(AIOT_LOG_ERR, "reuseport needs at least one bind address");
                 return -EINVAL;

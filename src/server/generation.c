@@ -7,12 +7,26 @@
  * back (aiot__reload_fail(), from proc.c).  A recycled worker gets a replacement
  * record of its own generation and index in the same way.  SIGTTIN and
  * SIGTTOU add and remove a worker of the newest generation; SIGUSR1 is
- * forwarded to every ready process.  Everything here changes processes only
- * through aiot__proc_transition(). */
+ * forwarded to every ready process; SIGUSR2 and SIGWINCH are logged and
+ * otherwise ignored.  Everything here changes processes only through
+ * aiot__proc_transition().
+ *
+ * The config's reload hook (aiotools-serve loads the module afresh there)
+ * runs before a reload forks anything and may change what the new generation
+ * runs; the serving generation's settings are kept aside until the new one is
+ * ready, and put back if it fails.  Each generation is reported retired
+ * (the retired hook) once none of its processes is left.  Once a reload is
+ * done, what still drains from before the generation it stops is killed, so
+ * that a SIGHUP storm leaves at most one draining generation beside the
+ * serving one. */
 #define AIOT__SUPERVISOR_SIDE
+#include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "aiotools/fork.h"
 #include "aiotools/log.h"
@@ -91,7 +105,126 @@ static bool of_gen(const struct proc *p, unsigned gen)
         return p->gen == gen;
 }
 
+/* ---------------------------------------------------------------- retirement */
+
+/* Remembers that gen has (or will have) processes, for its retirement. */
+int aiot__gen_open(struct server *srv, unsigned gen)
+{
+        if (srv->n_open_gens == srv->cap_open_gens) {
+                size_t cap = srv->cap_open_gens ? srv->cap_open_gens * 2 : 8;
+                unsigned *ng = realloc(srv->open_gens, cap * sizeof(*ng));
+
+                if (!ng)
+                        return -ENOMEM;
+                srv->open_gens = ng;
+                srv->cap_open_gens = cap;
+        }
+        srv->open_gens[srv->n_open_gens++] = gen;
+        return 0;
+}
+
+static bool gen_has_procs(const struct server *srv, unsigned gen)
+{
+        for (size_t i = 0; i < srv->n_procs; i++)
+                if (srv->procs[i]->gen == gen && srv->procs[i]->state != PROC_GONE)
+                        return true;
+        return false;
+}
+
+/* After a process went for good: every generation that is neither serving nor
+ * starting and has no process left is retired (reported once). */
+void aiot__gen_check_retired(struct server *srv)
+{
+        size_t k = 0;
+
+        for (size_t i = 0; i < srv->n_open_gens; i++) {
+                unsigned g = srv->open_gens[i];
+
+                if ((srv->state != SRV_STOPPING && (g == srv->gen || g == srv->new_gen)) ||
+                    gen_has_procs(srv, g)) {
+                        srv->open_gens[k++] = g;
+                        continue;
+                }
+                aiot_log(AIOT_LOG_DEBUG, "generation %u retired", g);
+                if (srv->retired_fn)
+                        srv->retired_fn(g, srv->reload_arg);
+        }
+        srv->n_open_gens = k;
+}
+
 /* ---------------------------------------------------------------- reload */
+
+/* What the running generation was started with, as a reload hook sees it. */
+static void reload_current(const struct server *srv, unsigned gen, struct aiot_server_reload *r)
+{
+        *r = (struct aiot_server_reload){
+                .size = sizeof(*r),
+                .gen = gen,
+                .workers = (int)srv->n_workers,
+                .worker = srv->worker_fn,
+                .extra = srv->extra_fns,
+                .n_extra = srv->n_extra,
+                .argc = srv->argc,
+                .argv = srv->argv,
+                .stop_timeout = srv->stop_timeout,
+                .restart_limit = srv->restart_limit,
+                .restart_window = srv->restart_window,
+                .max_lifetime = srv->max_lifetime,
+                .lifetime_jitter = srv->lifetime_jitter,
+                .max_rss = srv->max_rss,
+        };
+}
+
+static void reload_apply(struct server *srv, const struct aiot_server_reload *r)
+{
+        srv->n_workers = (size_t)r->workers;
+        srv->worker_fn = r->worker;
+        srv->extra_fns = r->extra;
+        srv->n_extra = r->n_extra;
+        srv->argc = r->argc;
+        srv->argv = r->argv;
+        srv->stop_timeout = r->stop_timeout;
+        srv->restart_limit = r->restart_limit;
+        srv->restart_window = r->restart_window;
+        srv->max_lifetime = r->max_lifetime;
+        srv->lifetime_jitter = r->lifetime_jitter;
+        srv->max_rss = r->max_rss;
+        aiot__policy_start(srv);
+}
+
+/* Runs the reload hook for generation gen.  Returns 0 (applied, the serving
+ * generation's settings saved), or -1 with the reason in why. */
+static int reload_hook(struct server *srv, unsigned gen, char *why, size_t len)
+{
+        struct aiot_server_reload r;
+        int rc;
+
+        if (!srv->reload_fn)
+                return 0;
+        reload_current(srv, gen, &r);
+        srv->serving = r;
+        rc = srv->reload_fn(&r, srv->reload_arg);
+        r.why[sizeof(r.why) - 1] = '\0';
+        if (rc < 0) {
+                snprintf(why, len, "%s", r.why[0] ? r.why : strerror(-rc));
+                return -1;
+        }
+        if (!r.worker || r.workers < 1 || r.workers > MAX_WORKERS || r.n_extra > MAX_WORKERS ||
+            (r.n_extra && !r.extra) || r.argc < 0 || r.restart_limit < 1 || !(r.restart_window > 0) ||
+            isnan(r.stop_timeout) || !(r.max_lifetime >= 0) || !(r.lifetime_jitter >= 0) ||
+            isinf(r.max_lifetime) || isinf(r.lifetime_jitter)) {
+                snprintf(why, len, "the reload hook gave an invalid configuration");
+                return -1;
+        }
+        for (size_t i = 0; i < r.n_extra; i++)
+                if (!r.extra[i]) {
+                        snprintf(why, len, "the reload hook gave extra process %zu no function", i);
+                        return -1;
+                }
+        reload_apply(srv, &r);
+        srv->reload_applied = true;
+        return 0;
+}
 
 static void reload_next(struct server *srv)
 {
@@ -115,6 +248,26 @@ static void server_all_ready(struct server *srv)
         reload_next(srv);
 }
 
+/* At most one draining generation per index: what still drains from before
+ * the generation that starts draining now is killed. */
+static void kill_older_draining(struct server *srv, unsigned draining)
+{
+        size_t n = 0;
+
+        for (size_t i = 0; i < srv->n_procs; i++) {
+                struct proc *p = srv->procs[i];
+
+                if (p->gen < draining && p->state == PROC_STOPPING) {
+                        aiot__proc_transition(p, PE_STOP_TIMEOUT, 1);
+                        n++;
+                }
+        }
+        if (n)
+                aiot_log(AIOT_LOG_WARNING,
+                         "reload: %zu process%s of generations before %u still draining killed "
+                         "(at most one draining generation)", n, n == 1 ? "" : "es", draining);
+}
+
 static void reload_done(struct server *srv)
 {
         unsigned old = srv->gen;
@@ -122,7 +275,11 @@ static void reload_done(struct server *srv)
 
         srv->gen = srv->new_gen;
         srv->new_gen = 0;
+        srv->reloads_done++;
+        srv->reload_applied = false;
         aiot_log(AIOT_LOG_NOTICE, "reload: generation %u ready, stopping generation %u", srv->gen, old);
+        aiot__control_reload_ended(srv, srv->gen, NULL);
+        kill_older_draining(srv, old);
         stop_generation_if(srv, older_than, srv->gen);
         aiot__status_text(srv, status, sizeof(status));
         aiot__notify(srv, AIOT__SD_READY, status);
@@ -137,17 +294,24 @@ void aiot__reload_fail(struct server *srv, const char *why)
         char status[384], st[96];
 
         srv->new_gen = 0;
+        srv->reloads_failed++;
+        if (srv->reload_applied) {
+                reload_apply(srv, &srv->serving);
+                srv->reload_applied = false;
+        }
         aiot_log(AIOT_LOG_ERR, "reload failed: %s; generation %u keeps serving", why, srv->gen);
+        aiot__control_reload_ended(srv, failed, why);
         stop_generation_if(srv, of_gen, failed);
         aiot__status_text(srv, st, sizeof(st));
         snprintf(status, sizeof(status), "reload failed: %s; %s", why, st);
         aiot__notify(srv, AIOT__SD_READY, status);
+        aiot__gen_check_retired(srv);
         reload_next(srv);
 }
 
 static void reload_start(struct server *srv)
 {
-        char status[64];
+        char status[64], why[300];
         unsigned gen;
 
         if (srv->state == SRV_STARTING || srv->new_gen) {
@@ -159,9 +323,18 @@ static void reload_start(struct server *srv)
         if (srv->state != SRV_RUNNING)
                 return;
         gen = srv->new_gen = ++srv->next_gen;
+        aiot__control_reload_started(srv, gen);
         aiot_log(AIOT_LOG_NOTICE, "SIGHUP received, reloading: starting generation %u", gen);
         snprintf(status, sizeof(status), "reloading: starting generation %u", gen);
         aiot__notify(srv, AIOT__SD_RELOADING, status);
+        if (aiot__gen_open(srv, gen) < 0) {
+                aiot__reload_fail(srv, "out of memory");
+                return;
+        }
+        if (reload_hook(srv, gen, why, sizeof(why)) < 0) {
+                aiot__reload_fail(srv, why);
+                return;
+        }
         for (size_t i = 0; i < srv->n_workers + srv->n_extra && srv->new_gen == gen; i++) {
                 bool extra = i >= srv->n_workers;
                 struct proc *p = aiot__proc_new(srv, extra ? AIOT_EXTRA : AIOT_WORKER,
@@ -230,6 +403,85 @@ static void recycle_done(struct proc *r)
         aiot__proc_transition(old, PE_STOP, aiot__graceful_signal(r->srv));
 }
 
+/* ---------------------------------------------------------------- recycling policies */
+
+/* A worker's resident memory in bytes, from /proc/PID/statm; 0 if unknown. */
+static size_t proc_rss(pid_t pid)
+{
+        char path[64];
+        unsigned long size, resident;
+        FILE *f;
+        int n;
+
+        snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+        f = fopen(path, "re");
+        if (!f)
+                return 0;
+        n = fscanf(f, "%lu %lu", &size, &resident);
+        fclose(f);
+        return n == 2 ? (size_t)resident * (size_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
+/* A worker the policies may replace now: ready, serving, not being replaced,
+ * and no reload or stop under way. */
+static bool policy_may_recycle(const struct server *srv, const struct proc *p)
+{
+        return srv->state == SRV_RUNNING && !srv->new_gen && p->kind == AIOT_WORKER && p->state == PROC_READY &&
+               p->gen == srv->gen && !p->replaced_by && !p->replaces && p->child;
+}
+
+static void policy_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        struct server *srv = w->data;
+        double now = aiot__now_mono();
+
+        for (size_t i = 0; i < srv->n_procs; i++) {
+                struct proc *p = srv->procs[i];
+                size_t rss;
+
+                if (!policy_may_recycle(srv, p))
+                        continue;
+                if (srv->max_lifetime > 0 && now - p->ready_at >= p->lifetime) {
+                        aiot_log(AIOT_LOG_NOTICE, "worker %d (pid %d) has served %.2f s, its lifetime: recycling it",
+                                 p->index, (int)p->pid, now - p->ready_at);
+                        aiot__recycle_start(p);
+                } else if (srv->max_rss > 0 && (rss = proc_rss(p->pid)) > srv->max_rss) {
+                        aiot_log(AIOT_LOG_NOTICE,
+                                 "worker %d (pid %d) uses %zu KiB, more than its memory limit of %zu KiB: "
+                                 "recycling it", p->index, (int)p->pid, rss >> 10, srv->max_rss >> 10);
+                        aiot__recycle_start(p);
+                }
+        }
+}
+
+/* The policy tick: a tenth of the lifetime, at most a second. */
+void aiot__policy_start(struct server *srv)
+{
+        double period = 1.0;
+
+        if (!srv->evl || (srv->max_lifetime <= 0 && srv->max_rss == 0))
+                return;
+        if (srv->max_lifetime > 0 && srv->max_lifetime / 10 < period)
+                period = srv->max_lifetime / 10 < 0.01 ? 0.01 : srv->max_lifetime / 10;
+        if (!srv->rand_seed)
+                srv->rand_seed = (unsigned)srv->pid ^ (unsigned)(aiot__now_mono() * 1e6);
+        if (ev_is_active(&srv->policy_w) && srv->policy_w.repeat == period)
+                return;
+        ev_timer_stop(srv->evl, &srv->policy_w);
+        ev_timer_init(&srv->policy_w, policy_cb, period, period);
+        srv->policy_w.data = srv;
+        ev_timer_start(srv->evl, &srv->policy_w);
+}
+
+/* This incarnation's lifetime: the limit plus its share of the jitter, so
+ * that workers started together are not all replaced at once. */
+static void draw_lifetime(struct server *srv, struct proc *p)
+{
+        double u = (double)rand_r(&srv->rand_seed) / ((double)RAND_MAX + 1.0);
+
+        p->lifetime = srv->max_lifetime + u * srv->lifetime_jitter;
+}
+
 /* ---------------------------------------------------------------- a process became ready */
 
 /* From aiot__proc_transition(), once p is READY: what that means for its
@@ -239,6 +491,7 @@ void aiot__gen_proc_ready(struct proc *p, bool again)
         struct server *srv = p->srv;
         char status[96];
 
+        draw_lifetime(srv, p);
         if (srv->state == SRV_STARTING) {
                 if (aiot__gen_ready(srv, srv->gen))
                         server_all_ready(srv);
@@ -264,7 +517,10 @@ void aiot__gen_proc_ready(struct proc *p, bool again)
 
 /* ---------------------------------------------------------------- control signals */
 
-static void scale_up(struct server *srv)
+/* "SIGTTIN received: adding ...", "ctl scale: adding ..." */
+#define SIG_SUFFIX(cause) (strncmp(cause, "SIG", 3) == 0 ? " received" : "")
+
+static void scale_up(struct server *srv, const char *cause)
 {
         unsigned gen = srv->new_gen ? srv->new_gen : srv->gen;
         int index;
@@ -272,20 +528,21 @@ static void scale_up(struct server *srv)
         struct proc *p;
 
         if (n >= MAX_WORKERS || index >= MAX_WORKERS) {
-                aiot_log(AIOT_LOG_WARNING, "SIGTTIN ignored: at most %d workers", MAX_WORKERS);
+                aiot_log(AIOT_LOG_WARNING, "%s ignored: at most %d workers", cause, MAX_WORKERS);
                 return;
         }
         p = aiot__proc_new(srv, AIOT_WORKER, index, gen, srv->worker_fn);
         if (!p) {
-                aiot_log(AIOT_LOG_ERR, "SIGTTIN: out of memory");
+                aiot_log(AIOT_LOG_ERR, "%s: out of memory", cause);
                 return;
         }
         srv->n_workers = n + 1;
-        aiot_log(AIOT_LOG_NOTICE, "SIGTTIN received: adding worker %d (%zu workers)", index, srv->n_workers);
+        aiot_log(AIOT_LOG_NOTICE, "%s%s: adding worker %d (%zu workers)", cause, SIG_SUFFIX(cause), index,
+                 srv->n_workers);
         aiot__proc_transition(p, PE_START, 0);
 }
 
-static void scale_down(struct server *srv)
+static void scale_down(struct server *srv, const char *cause)
 {
         unsigned gen = srv->new_gen ? srv->new_gen : srv->gen;
         struct proc *p;
@@ -293,11 +550,11 @@ static void scale_down(struct server *srv)
         char status[96];
 
         if (n <= 1 || !p) {
-                aiot_log(AIOT_LOG_WARNING, "SIGTTOU ignored: at least one worker must run");
+                aiot_log(AIOT_LOG_WARNING, "%s ignored: at least one worker must run", cause);
                 return;
         }
         srv->n_workers = n - 1;
-        aiot_log(AIOT_LOG_NOTICE, "SIGTTOU received: stopping worker %d (%zu workers)", p->index,
+        aiot_log(AIOT_LOG_NOTICE, "%s%s: stopping worker %d (%zu workers)", cause, SIG_SUFFIX(cause), p->index,
                  srv->n_workers);
         if (p->replaced_by)
                 aiot__proc_transition(p->replaced_by, PE_STOP, aiot__graceful_signal(srv));
@@ -333,13 +590,55 @@ void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
                 reload_start(srv);
                 break;
         case SIGTTIN:
-                scale_up(srv);
+                scale_up(srv, "SIGTTIN");
                 break;
         case SIGTTOU:
-                scale_down(srv);
+                scale_down(srv, "SIGTTOU");
+                break;
+        case SIGUSR2:
+        case SIGWINCH:
+                aiot_log(AIOT_LOG_INFO, "SIG%s received: it has no use here, ignored",
+                         sigabbrev_np(w->signum) ?: "?");
                 break;
         default:
                 forward_signal(srv, w->signum);
                 break;
         }
+}
+
+/* ---------------------------------------------------------------- the control socket */
+
+/* `ctl reload`: 0 started (or queued behind the start or a reload under way),
+ * -EBUSY when the server is stopping. */
+int aiot__reload_request(struct server *srv)
+{
+        aiot__proc_sweep(srv);
+        if (srv->state != SRV_STARTING && srv->state != SRV_RUNNING)
+                return -EBUSY;
+        reload_start(srv);
+        return 0;
+}
+
+/* `ctl scale N`: workers of the newest generation are added or stopped one at
+ * a time, as TTIN and TTOU do.  Returns 0, -EBUSY (not running), -ERANGE. */
+int aiot__scale_to(struct server *srv, size_t n)
+{
+        unsigned gen;
+
+        aiot__proc_sweep(srv);
+        if (srv->state != SRV_RUNNING)
+                return -EBUSY;
+        if (n < 1 || n > MAX_WORKERS)
+                return -ERANGE;
+        gen = srv->new_gen ? srv->new_gen : srv->gen;
+        while (srv->state == SRV_RUNNING && aiot__gen_workers(srv, gen, NULL, NULL) < n) {
+                size_t before = aiot__gen_workers(srv, gen, NULL, NULL);
+
+                scale_up(srv, "ctl scale");
+                if (aiot__gen_workers(srv, gen, NULL, NULL) <= before)
+                        return -EAGAIN;
+        }
+        while (srv->state == SRV_RUNNING && aiot__gen_workers(srv, gen, NULL, NULL) > n)
+                scale_down(srv, "ctl scale");
+        return 0;
 }

@@ -48,6 +48,7 @@
 static void respawn_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void abort_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void setup_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 /* ---------------------------------------------------------------- the table */
 
@@ -82,6 +83,8 @@ struct proc *aiot__proc_new(struct server *srv, int kind, int index, unsigned ge
         p->stop_timer.data = p;
         ev_timer_init(&p->abort_timer, abort_timer_cb, 0., 0.);
         p->abort_timer.data = p;
+        ev_timer_init(&p->setup_timer, setup_timer_cb, 0., 0.);
+        p->setup_timer.data = p;
         srv->procs[srv->n_procs++] = p;
         return p;
 }
@@ -91,6 +94,7 @@ static void proc_stop_timers(struct proc *p)
         ev_timer_stop(p->srv->evl, &p->respawn_timer);
         ev_timer_stop(p->srv->evl, &p->stop_timer);
         ev_timer_stop(p->srv->evl, &p->abort_timer);
+        ev_timer_stop(p->srv->evl, &p->setup_timer);
 }
 
 void aiot__proc_free(struct server *srv, struct proc *p)
@@ -132,6 +136,14 @@ bool aiot__proc_live(const struct proc *p)
                p->state == PROC_STOPPING || p->state == PROC_KILLING;
 }
 
+const char *aiot__proc_state_name(enum proc_state st)
+{
+        static const char *const names[] = {"idle",     "starting", "ready",  "aborting",
+                                            "stopping", "killing",  "exited", "gone"};
+
+        return (size_t)st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
+}
+
 /* ---------------------------------------------------------------- spawning */
 
 /* The child's description: everything worker.c may read. */
@@ -158,9 +170,11 @@ static void proc_spec(const struct proc *p, int report_fd, struct aiot__proc_spe
                 .user = srv->user,
                 .group = srv->group,
                 .title = srv->proc_title,
+                .blocking_threads = srv->blocking_threads,
                 .keep_fds = srv->keep_fds,
                 .n_keep_fds = srv->n_keep_fds,
                 .beat_cell = p->beat >= 0 ? &srv->beats[p->beat] : NULL,
+                .stat_cell = p->beat >= 0 && srv->stats ? &srv->stats[p->beat] : NULL,
                 .beat_period = srv->beat_period,
                 .report_fd = report_fd,
                 .supervisor_pid = srv->pid,
@@ -204,6 +218,7 @@ static int proc_spawn(struct proc *p)
                 return r;
         }
         p->pid = aiot_child_pid(p->child);
+        p->started_at = aiot__now_mono();
         aiot__channel_opened(p);
         return 0;
 }
@@ -247,7 +262,10 @@ static void proc_setup_failed(struct proc *p, const char *how, struct proc_step 
 {
         struct server *srv = p->srv;
 
-        if (p->setup_error)
+        if (p->setup_error == SETUP_TIMED_OUT)
+                snprintf(st->why, sizeof(st->why), "%s %d was not ready within %g s (the setup timeout)",
+                         aiot__kind_name(p->kind), p->index, srv->setup_timeout);
+        else if (p->setup_error)
                 snprintf(st->why, sizeof(st->why), "%s %d failed during setup: %s", aiot__kind_name(p->kind),
                          p->index,
                          p->setup_error == SETUP_NO_WAIT ? "returned before aiot_worker_wait_stop()"
@@ -287,6 +305,10 @@ static void proc_started(struct proc *p, struct proc_step *st)
         if (r >= 0) {
                 aiot_log(AIOT_LOG_DEBUG, "%s %d started (pid %d, generation %u)", aiot__kind_name(p->kind),
                          p->index, (int)p->pid, p->gen);
+                if (srv->setup_timeout > 0) {
+                        ev_timer_set(&p->setup_timer, srv->setup_timeout, 0.);
+                        ev_timer_start(srv->evl, &p->setup_timer);
+                }
                 st->next = PROC_STARTING;
                 return;
         }
@@ -304,6 +326,7 @@ static void proc_started(struct proc *p, struct proc_step *st)
 
 static enum proc_state proc_ready(struct proc *p)
 {
+        ev_timer_stop(p->srv->evl, &p->setup_timer);
         p->ever_ready = true;
         p->served = true;
         p->ready_at = aiot__now_mono();
@@ -330,6 +353,7 @@ static void proc_exited(struct proc *p, int status, struct proc_step *st)
         char how[64];
 
         describe_status(status, how, sizeof(how));
+        snprintf(p->last_exit, sizeof(p->last_exit), "%s", how);
         st->next = PROC_GONE;
         if (p->state == PROC_STOPPING || p->state == PROC_KILLING || srv->state == SRV_STOPPING ||
             srv->state == SRV_DONE) {
@@ -368,6 +392,7 @@ static void proc_exited(struct proc *p, int status, struct proc_step *st)
                 return;
         }
         st->next = PROC_IDLE;
+        p->restarts++;
         ev_timer_set(&p->respawn_timer, next_backoff(p), 0.);
         ev_timer_start(srv->evl, &p->respawn_timer);
 }
@@ -403,8 +428,12 @@ static void proc_stop(struct proc *p, int signo)
 
 static void proc_kill(struct proc *p, const char *what, double after)
 {
-        aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) did not %s within %g s; killing it",
-                 aiot__kind_name(p->kind), p->index, (int)p->pid, what, after);
+        if (after < 0)
+                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) of generation %u %s; killing it",
+                         aiot__kind_name(p->kind), p->index, (int)p->pid, p->gen, what);
+        else
+                aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) did not %s within %g s; killing it",
+                         aiot__kind_name(p->kind), p->index, (int)p->pid, what, after);
         ev_timer_stop(p->srv->evl, &p->stop_timer);
         ev_timer_stop(p->srv->evl, &p->abort_timer);
         proc_signal(p, SIGKILL);
@@ -434,6 +463,20 @@ static void stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void abort_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
         aiot__proc_transition(w->data, PE_ABORT_TIMEOUT, 0);
+}
+
+/* --setup-timeout passed before READY: the process is killed, and its exit
+ * is then a setup failure (proc_setup_failed() says why). */
+static void setup_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+        struct proc *p = w->data;
+
+        if (p->state != PROC_STARTING)
+                return;
+        aiot_log(AIOT_LOG_WARNING, "%s %d (pid %d) not ready within %g s: killing it", aiot__kind_name(p->kind),
+                 p->index, (int)p->pid, p->srv->setup_timeout);
+        p->setup_error = SETUP_TIMED_OUT;
+        proc_signal(p, SIGKILL);
 }
 
 /* ---------------------------------------------------------------- the transition */
@@ -471,8 +514,12 @@ static void proc_decide(struct proc *p, enum proc_event ev, int arg, struct proc
                 }
                 return;
         case PE_STOP_TIMEOUT:
+                /* arg 1: a reload found it still draining behind a draining generation. */
                 if (s == PROC_STOPPING) {
-                        proc_kill(p, "stop", srv->stop_timeout);
+                        if (arg == 1)
+                                proc_kill(p, "was still draining when a newer generation was ready", -1);
+                        else
+                                proc_kill(p, "stop", srv->stop_timeout);
                         st->next = PROC_KILLING;
                 }
                 return;
@@ -488,6 +535,7 @@ static void proc_decide(struct proc *p, enum proc_event ev, int arg, struct proc
                         aiot__channel_close(p);
                         ev_timer_stop(srv->evl, &p->stop_timer);
                         ev_timer_stop(srv->evl, &p->abort_timer);
+                        ev_timer_stop(srv->evl, &p->setup_timer);
                         proc_exited(p, arg, st);
                 }
                 return;
@@ -523,6 +571,8 @@ void aiot__proc_transition(struct proc *p, enum proc_event ev, int arg)
         }
         if (st.next == PROC_READY)
                 aiot__gen_proc_ready(p, again);
-        if (st.next == PROC_GONE)
+        if (st.next == PROC_GONE) {
+                aiot__gen_check_retired(srv);
                 aiot__server_check_done(srv);
+        }
 }

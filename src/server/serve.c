@@ -14,19 +14,35 @@
  * the empty buffers and goes back to watched.  The watcher stays registered
  * in between (see conn_readable()).
  *
+ * Closing: a connection that ends with input unread (buffered, or still in
+ * the socket) or that was cut off (a timeout, an error) lingers, as with
+ * nginx's lingering_close: its write side is shut down (FIN after the answer)
+ * and a watcher reads and drops what still arrives until the peer's EOF, for
+ * LINGER_TIME at most (its own list and timer, like the idle list); a plain
+ * close() with unread input sends a reset, which can destroy the answer in
+ * the peer's receive queue.  It holds no task, stack or buffer meanwhile.
+ *
  * The stop, in order: the acceptors are cancelled and take what is already
  * queued (served, not reset), the listener copies are closed, then running
- * handlers finish and kept connections may send one more request (handlers
- * see aiot_worker_stopping() and answer "Connection: close") until every
- * connection is gone or the drain time has passed; then the connections still
- * watched are closed and the handlers still running are cancelled. */
+ * handlers finish (they see aiot_worker_stopping() and answer "Connection:
+ * close") and kept connections are closed once they have been idle for the
+ * stop grace: at once for those idle that long already, later for the others,
+ * so that a client that just had an answer and is about to send its next
+ * request is not raced; a request that arrives first is served (and a
+ * connection whose bytes are waiting unreported is never closed as idle).
+ * The idle list needs no second timer for it: the grace only shortens the
+ * limit every entry has.  When every connection is gone, or the drain time
+ * has passed, the connections still watched are closed and the handlers
+ * still running are cancelled. */
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <ev.h>
 
@@ -36,38 +52,57 @@
 #include "aiotools/scope.h"
 #include "conn-internal.h"
 #include "macro.h"
+#include "server-internal.h" /* the status counters (wstat.c) */
 
 #define DEFAULT_MAX_CONNECTIONS 10000
 #define DEFAULT_IDLE_TIMEOUT 60.0
 #define DEFAULT_REQUEST_TIMEOUT 60.0
 #define DEFAULT_DRAIN_TIMEOUT 10.0
 #define DEFAULT_WRITE_TIMEOUT 60.0
+#define DEFAULT_STOP_GRACE 1.0
 #define FD_PAUSE 0.1          /* accepting pauses this long on EMFILE / ENFILE ... */
 #define FD_LOG_INTERVAL 10.0  /* ... and says so at most this often */
+#define LINGER_TIME 2.0       /* a lingering close waits this long for the peer's end ... */
+#define LINGER_BYTES 262144   /* ... and discards at most this much of what it sends */
+
+/* Connections ordered by when they joined, with one timer for the head: every
+ * entry has the same time limit, so the head always expires first. */
+struct conn_list {
+        aiot_conn *head, *tail;
+        ev_timer timer;
+};
 
 struct aiot__serve {
         aiot_worker *w;
         struct aiot_serve_opts o; /* defaults resolved; timeouts < 0 are +INFINITY */
         struct aiot_spawn_opts so;
         struct ev_loop *ev;
+        const aiot_listener *ls;  /* the worker's listeners (their fds read -1 once closed) */
         aiot_scope *conns;        /* the handlers' tasks */
         size_t n_conns;           /* open connections, watched ones included */
         aiot_event *room;         /* set while n_conns < max_connections */
         aiot_event *quiet;        /* set when the last connection closed */
-        aiot_conn *idle_head, *idle_tail;
-        ev_timer idle_timer;
+        struct conn_list idle;    /* kept connections, oldest first */
+        struct conn_list linger;  /* closing ones, reading what still arrives */
+        bool stopping;            /* after the stop signal: kept ones close after stop_grace */
         bool closing;             /* after the drain: kept connections are closed */
         double fd_logged;         /* when the fd limit was last logged */
 };
 
 struct acceptor {
         struct aiot__serve *srv;
+        unsigned short index; /* in the worker's listeners */
         int lfd;
 };
 
 aiot_worker *aiot__serve_worker(const struct aiot__serve *srv)
 {
         return srv->w;
+}
+
+const aiot_listener *aiot__serve_listener(const struct aiot__serve *srv, unsigned short i)
+{
+        return &srv->ls[i];
 }
 
 double aiot__serve_write_timeout(const struct aiot__serve *srv)
@@ -77,42 +112,67 @@ double aiot__serve_write_timeout(const struct aiot__serve *srv)
 
 /* ---------------------------------------------------------------- the idle list */
 
-static void idle_timer_arm(struct aiot__serve *srv)
+/* How long a kept connection may stay idle: the idle timeout, and at the stop
+ * the grace if that is shorter.  The same for every connection, so the list
+ * stays ordered by expiry and one timer serves it. */
+static double idle_limit(const struct aiot__serve *srv)
 {
-        double left;
-
-        if (!srv->idle_head || ev_is_active(&srv->idle_timer) || isinf(srv->o.idle_timeout))
-                return;
-        left = srv->idle_head->idle_since + srv->o.idle_timeout - ev_now(srv->ev);
-        ev_timer_set(&srv->idle_timer, left > 0 ? left : 0, 0.);
-        ev_timer_start(srv->ev, &srv->idle_timer);
+        if (srv->stopping && srv->o.stop_grace < srv->o.idle_timeout)
+                return srv->o.stop_grace;
+        return srv->o.idle_timeout;
 }
 
-static void idle_append(struct aiot__serve *srv, aiot_conn *c)
+/* A lingering connection may take this long to send its end of file ... */
+static double list_limit(const struct aiot__serve *srv, const struct conn_list *l)
 {
+        return l == &srv->linger ? LINGER_TIME : idle_limit(srv);
+}
+
+static struct conn_list *list_of(struct aiot__serve *srv, const aiot_conn *c)
+{
+        return c->lingering ? &srv->linger : &srv->idle;
+}
+
+static void list_arm(struct aiot__serve *srv, struct conn_list *l)
+{
+        double left, limit = list_limit(srv, l);
+
+        if (!l->head || ev_is_active(&l->timer) || isinf(limit))
+                return;
+        left = l->head->idle_since + limit - ev_now(srv->ev);
+        ev_timer_set(&l->timer, left > 0 ? left : 0, 0.);
+        ev_timer_start(srv->ev, &l->timer);
+}
+
+static void list_append(struct aiot__serve *srv, aiot_conn *c)
+{
+        struct conn_list *l = list_of(srv, c);
+
         c->idle_since = ev_now(srv->ev);
         c->idle_next = NULL;
-        c->idle_prev = srv->idle_tail;
-        if (srv->idle_tail)
-                srv->idle_tail->idle_next = c;
+        c->idle_prev = l->tail;
+        if (l->tail)
+                l->tail->idle_next = c;
         else
-                srv->idle_head = c;
-        srv->idle_tail = c;
-        idle_timer_arm(srv);
+                l->head = c;
+        l->tail = c;
+        list_arm(srv, l);
 }
 
-static void idle_unlink(struct aiot__serve *srv, aiot_conn *c)
+static void list_unlink(struct aiot__serve *srv, aiot_conn *c)
 {
+        struct conn_list *l = list_of(srv, c);
+
         if (c->idle_prev)
                 c->idle_prev->idle_next = c->idle_next;
-        else if (srv->idle_head == c)
-                srv->idle_head = c->idle_next;
+        else if (l->head == c)
+                l->head = c->idle_next;
         else
                 return; /* not in the list */
         if (c->idle_next)
                 c->idle_next->idle_prev = c->idle_prev;
         else
-                srv->idle_tail = c->idle_prev;
+                l->tail = c->idle_prev;
         c->idle_prev = c->idle_next = NULL;
 }
 
@@ -123,8 +183,9 @@ static void conn_close(aiot_conn *c)
         struct aiot__serve *srv = c->srv;
 
         ev_io_stop(srv->ev, &c->io);
-        idle_unlink(srv, c);
+        list_unlink(srv, c);
         aiot__conn_free(c);
+        aiot__stat_conn(srv->w, -1);
         srv->n_conns--;
         if (srv->n_conns < srv->o.max_connections)
                 aiot_event_set(srv->room);
@@ -133,6 +194,108 @@ static void conn_close(aiot_conn *c)
 }
 
 static void conn_watch(aiot_conn *c);
+static int conn_task(void *arg);
+
+/* ---------------------------------------------------------------- lingering close */
+
+/* Reads and drops what the peer still sends; its end of file (or an error,
+ * or LINGER_BYTES) ends the connection.  Runs from libev: no task, no stack. */
+static void conn_lingering(struct ev_loop *ev, ev_io *io, int revents)
+{
+        static char sink[16384];
+        aiot_conn *c = io->data;
+
+        (void)ev;
+        (void)revents;
+        for (;;) {
+                ssize_t n = read(c->fd, sink, sizeof(sink));
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == EAGAIN)
+                        return;
+                if (n <= 0) {
+                        conn_close(c);
+                        return;
+                }
+        }
+}
+
+/* The peer did not end its side within LINGER_TIME: close (a reset now). */
+static void linger_expired(struct ev_loop *ev, ev_timer *t, int revents)
+{
+        struct aiot__serve *srv = t->data;
+        double now = ev_now(ev);
+
+        (void)revents;
+        while (srv->linger.head && srv->linger.head->idle_since + LINGER_TIME <= now)
+                conn_close(srv->linger.head);
+        list_arm(srv, &srv->linger);
+}
+
+/* Ends c's side (FIN after what is still queued for the peer) and reads what
+ * it still sends until its end of file, from libev, the way nginx's
+ * lingering_close does: closing with unread input would send a reset, and a
+ * peer that gets one may lose the answer it was sent just before. */
+static void conn_linger(aiot_conn *c)
+{
+        struct aiot__serve *srv = c->srv;
+
+        aiot__conn_drop(c);
+        (void)aiot_fd_forget(c->fd);
+        if (shutdown(c->fd, SHUT_WR) < 0) {
+                conn_close(c);
+                return;
+        }
+        ev_io_stop(srv->ev, &c->io);
+        ev_io_init(&c->io, conn_lingering, c->fd, EV_READ);
+        c->io.data = c;
+        ev_io_start(srv->ev, &c->io);
+        c->busy = false;
+        c->lingering = true;
+        list_append(srv, c);
+}
+
+/* Whether bytes wait in c's socket that neither libev nor we have seen. */
+static bool conn_has_input(const aiot_conn *c)
+{
+        int pending = 0;
+
+        return ioctl(c->fd, FIONREAD, &pending) == 0 && pending > 0;
+}
+
+/* Whether closing c now could reset it: bytes it sent are unread (buffered,
+ * or still in the socket). */
+static bool conn_unread(const aiot_conn *c)
+{
+        return aiot__conn_buffered(c) > 0 || conn_has_input(c);
+}
+
+/* The end of a handler's connection: r is its last result.  A connection cut
+ * off (a timeout, an error of ours) or with unread input lingers; one whose
+ * peer ended or reset it, or any after the drain time, closes at once. */
+static void conn_end(aiot_conn *c, int r)
+{
+        bool peer_gone = c->eof || r == -ECONNRESET || r == -EPIPE;
+
+        if (!c->srv->closing && !peer_gone && (r < 0 || conn_unread(c)))
+                conn_linger(c);
+        else
+                conn_close(c);
+}
+
+/* From watched to busy: bytes (or EOF) have arrived. */
+static void conn_start(aiot_conn *c)
+{
+        list_unlink(c->srv, c);
+        c->busy = true;
+        c->drained = false;
+        if (aiot_spawn_opts(c->srv->conns, conn_task, c, &c->srv->so, NULL) < 0) {
+                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", c->fd);
+                conn_close(c);
+        }
+}
+
 
 /* Runs the handler while there is something to serve; see the file comment.
  * The answers to pipelined messages gather in the write buffer and go out
@@ -149,6 +312,7 @@ static int conn_task(void *arg)
 
                 aiot_deadline_begin(&d, srv->o.request_timeout);
                 r = srv->o.handler(c, srv->o.arg);
+                aiot__stat_request(srv->w);
                 keep = r == AIOT_CONN_KEEP && !c->eof && !srv->closing;
                 more = keep && aiot__conn_buffered(c) > 0;
                 if (r >= 0 && !more) {
@@ -169,7 +333,7 @@ static int conn_task(void *arg)
         }
         if (r < 0)
                 aiot_log(AIOT_LOG_DEBUG, "connection fd %d: %s, closing it", c->fd, strerror(-r));
-        conn_close(c);
+        conn_end(c, r);
         return 0;
 }
 
@@ -186,13 +350,7 @@ static void conn_readable(struct ev_loop *ev, ev_io *io, int revents)
                 ev_io_stop(ev, io);
                 return;
         }
-        idle_unlink(c->srv, c);
-        c->busy = true;
-        c->drained = false; /* libev says there are bytes (or EOF) */
-        if (aiot_spawn_opts(c->srv->conns, conn_task, c, &c->srv->so, NULL) < 0) {
-                aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", c->fd);
-                conn_close(c);
-        }
+        conn_start(c);
 }
 
 /* From busy (or new) to watched. */
@@ -209,7 +367,7 @@ static void conn_watch(aiot_conn *c)
                 c->io.data = c;
                 ev_io_start(srv->ev, &c->io);
         }
-        idle_append(srv, c);
+        list_append(srv, c);
 }
 
 static void idle_expired(struct ev_loop *ev, ev_timer *t, int revents)
@@ -218,21 +376,38 @@ static void idle_expired(struct ev_loop *ev, ev_timer *t, int revents)
         double now = ev_now(ev);
 
         (void)revents;
-        while (srv->idle_head && srv->idle_head->idle_since + srv->o.idle_timeout <= now)
-                conn_close(srv->idle_head);
-        idle_timer_arm(srv);
+        while (srv->idle.head && srv->idle.head->idle_since + idle_limit(srv) <= now) {
+                aiot_conn *c = srv->idle.head;
+
+                if (conn_has_input(c))
+                        conn_start(c);
+                else
+                        conn_close(c);
+        }
+        list_arm(srv, &srv->idle);
 }
 
-static void conn_open(struct aiot__serve *srv, int fd)
+/* At the stop: the kept connections idle for the grace already close now,
+ * the others when they reach it (one timer, as for the idle timeout). */
+static void idle_stop_grace(struct aiot__serve *srv)
+{
+        srv->stopping = true;
+        ev_timer_stop(srv->ev, &srv->idle.timer);
+        ev_now_update(srv->ev);
+        idle_expired(srv->ev, &srv->idle.timer, 0);
+}
+
+static void conn_open(struct aiot__serve *srv, unsigned short listener, int fd)
 {
         aiot_conn *c;
 
-        if (aiot__conn_new(srv, fd, srv->o.state_size, &c) < 0) {
+        if (aiot__conn_new(srv, listener, fd, srv->o.state_size, &c) < 0) {
                 aiot_log(AIOT_LOG_DEBUG, "connection fd %d: out of memory, closing it", fd);
                 (void)aiot_close(fd);
                 return;
         }
         srv->n_conns++;
+        aiot__stat_conn(srv->w, +1);
         if (srv->n_conns >= srv->o.max_connections)
                 aiot_event_clear(srv->room);
         if (!srv->o.server_first) {
@@ -270,7 +445,7 @@ static void take_queued(struct acceptor *a)
         int fd;
 
         while ((fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
-                conn_open(a->srv, fd);
+                conn_open(a->srv, a->index, fd);
 }
 
 static int accept_loop(void *arg)
@@ -278,6 +453,7 @@ static int accept_loop(void *arg)
         struct acceptor *a = arg;
         struct aiot__serve *srv = a->srv;
 
+        aiot_task_set_name(aiot_current(), aiot__accept_name(srv->w, a->lfd));
         for (;;) {
                 int fd;
 
@@ -286,7 +462,7 @@ static int accept_loop(void *arg)
                                 goto stop;
                 fd = aiot_accept(a->lfd, NULL, NULL);
                 if (fd >= 0) {
-                        conn_open(srv, fd);
+                        conn_open(srv, a->index, fd);
                         continue;
                 }
                 if (fd == -ECANCELED || fd == -ETIMEDOUT)
@@ -330,7 +506,9 @@ static int opts_resolve(const struct aiot_serve_opts *in, struct aiot__serve *sr
         /* Read from the copy: an older caller's struct ends before it (zero). */
         aiot__return_if(isnan(srv->o.write_timeout), -EINVAL);
         srv->o.write_timeout = timeout_or(srv->o.write_timeout, DEFAULT_WRITE_TIMEOUT);
-        srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size};
+        aiot__return_if(isnan(srv->o.stop_grace), -EINVAL);
+        srv->o.stop_grace = timeout_or(srv->o.stop_grace, DEFAULT_STOP_GRACE);
+        srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size, .name = "conn"};
         return 0;
 }
 
@@ -362,7 +540,7 @@ static int serve_run(struct aiot__serve *srv, const aiot_listener *ls, size_t n)
                 return r;
         }
         for (size_t i = 0; i < n && r == 0; i++) {
-                acc[i] = (struct acceptor){.srv = srv, .lfd = ls[i].fd};
+                acc[i] = (struct acceptor){.srv = srv, .index = (unsigned short)i, .lfd = ls[i].fd};
                 r = aiot_spawn(accs, accept_loop, &acc[i], NULL);
         }
         if (r == 0)
@@ -371,11 +549,15 @@ static int serve_run(struct aiot__serve *srv, const aiot_listener *ls, size_t n)
         aiot_scope_close(accs);
         free(acc);
         (void)aiot_worker_close_listeners(srv->w);
-        if (r > 0)
+        if (r > 0) {
+                idle_stop_grace(srv);
                 drain(srv);
+        }
         srv->closing = true;
-        while (srv->idle_head)
-                conn_close(srv->idle_head);
+        while (srv->idle.head)
+                conn_close(srv->idle.head);
+        while (srv->linger.head)
+                conn_close(srv->linger.head);
         (void)aiot_scope_drain(srv->conns, 0);
         return r;
 }
@@ -407,13 +589,17 @@ int aiot_worker_serve(aiot_worker *w, const struct aiot_serve_opts *opts)
                 r = aiot_scope_open(&srv->conns, NULL);
         if (r == 0) {
                 srv->w = w;
+                srv->ls = ls;
                 srv->ev = aiot_loop_ev(aiot_worker_loop(w));
-                ev_timer_init(&srv->idle_timer, idle_expired, 0., 0.);
-                srv->idle_timer.data = srv;
+                ev_timer_init(&srv->idle.timer, idle_expired, 0., 0.);
+                srv->idle.timer.data = srv;
+                ev_timer_init(&srv->linger.timer, linger_expired, 0., 0.);
+                srv->linger.timer.data = srv;
                 aiot_event_set(srv->room);
                 r = serve_run(srv, ls, n);
                 aiot_scope_close(srv->conns);
-                ev_timer_stop(srv->ev, &srv->idle_timer);
+                ev_timer_stop(srv->ev, &srv->idle.timer);
+                ev_timer_stop(srv->ev, &srv->linger.timer);
         }
         aiot_event_free(srv->room);
         aiot_event_free(srv->quiet);

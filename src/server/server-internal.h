@@ -32,15 +32,34 @@
 /* The signals the supervisor acts on besides the stop signals (when they are
  * not stop signals themselves).  Children ignore them, except SIGUSR1 while a
  * handler is registered (defined in supervisor.c). */
-#define N_CTL 4
+#define N_CTL 6
 extern const int aiot__ctl_signals[N_CTL];
 
-/* ---------------------------------------------------------------- the report pipe */
+/* ---------------------------------------------------------------- the report channel */
 
-enum msg_type { MSG_READY = 1, MSG_FAILED = 2, MSG_RECYCLE = 3 };
+/* READY, FAILED and RECYCLE go from a process to the supervisor; TASKS and
+ * LOG_LEVEL from the supervisor to a process (the channel is a socketpair:
+ * TASKS carries the fd to write the task tree to, value AIOT__TASKS_JSON or 0). */
+enum msg_type { MSG_READY = 1, MSG_FAILED = 2, MSG_RECYCLE = 3, MSG_TASKS = 4, MSG_LOG_LEVEL = 5 };
+#define AIOT__TASKS_JSON 1
 
 /* The value of MSG_FAILED when the context returned >= 0 without waiting. */
 #define SETUP_NO_WAIT 1
+/* The setup error of a process the supervisor killed at --setup-timeout. */
+#define SETUP_TIMED_OUT 2
+
+/* What a process tells the supervisor about itself besides its heartbeat: one
+ * record per heartbeat cell in a second shared mapping, written with plain
+ * relaxed stores by the process (no system call), read by the control socket
+ * (control.c).  A cache line each, so that workers do not share lines. */
+struct aiot__wstat {
+        uint64_t conns_open;  /* connections open now (the serving layer) */
+        uint64_t conns_total; /* connections accepted */
+        uint64_t requests;    /* handler runs */
+        uint64_t tasks;       /* live tasks, counted at the last stats tick */
+        uint64_t lag_us;      /* the longest stall of the loop in the last interval */
+        uint64_t pad[3];
+};
 
 /* Small enough to be written atomically to a pipe. */
 struct msg {
@@ -69,11 +88,13 @@ struct aiot__proc_spec {
         gid_t gid;
         const char *user, *group;
         const char *title;   /* the process title's prefix, or NULL */
+        int blocking_threads; /* for the process's loop; 0: its default */
         const int *keep_fds; /* sorted: the fds the child keeps */
         size_t n_keep_fds;
         uint64_t *beat_cell; /* this process's heartbeat counter, or NULL */
+        struct aiot__wstat *stat_cell; /* its status record, or NULL */
         double beat_period;
-        int report_fd; /* the write end of this process's report pipe */
+        int report_fd; /* this process's end of its report channel (a socketpair) */
         pid_t supervisor_pid;
         void *data;
         int argc;
@@ -100,6 +121,10 @@ struct aiot__beat {
         uint64_t beats;
         ev_prepare prep;
         ev_timer tick;
+        struct aiot__wstat *stat; /* this process's record, or NULL */
+        aiot_loop *loop;          /* counted at each stats tick */
+        double lag_max;           /* the longest stall in the current window, s */
+        double window_start;
 };
 
 struct aiot_worker {
@@ -126,6 +151,9 @@ struct aiot_worker {
         ev_signal sigw[MAX_SIGNALS];
         struct aiot__beat beat;
         struct sig_handler handlers[MAX_HANDLERS];
+        ev_io chan_w; /* requests from the supervisor on report_fd */
+        char root_name[32];  /* the root task's name: "worker 3" */
+        char **accept_names; /* "accept ADDR" per listener, made on first use */
 };
 
 /* worker.c: the child's entry point, given to aiot_fork() with a spec. */
@@ -138,6 +166,18 @@ int aiot__main_wait_stop(aiot_worker *m);
 void aiot__report_send(int fd, int type, int value);
 void aiot__beat_start(struct ev_loop *evl, struct aiot__beat *b, uint64_t *cell, double period);
 void aiot__beat_stop(struct ev_loop *evl, struct aiot__beat *b);
+
+/* wstat.c, the worker end of the status records and of the supervisor's
+ * requests.  The serving layer counts through the first two (one relaxed
+ * store each; nothing when the process has no record). */
+void aiot__stat_conn(aiot_worker *w, int delta);
+void aiot__stat_request(aiot_worker *w);
+const char *aiot__accept_name(aiot_worker *w, int lfd);
+void aiot__names_free(aiot_worker *w);
+void aiot__stat_tick(struct aiot__beat *b);
+void aiot__stat_ready(struct aiot__beat *b);
+void aiot__chan_start(aiot_worker *w);
+void aiot__chan_stop(aiot_worker *w);
 
 /* config.c: the fds open in this process, sorted; 0 or -errno. */
 int aiot__fd_snapshot(int **ret, size_t *n);
@@ -158,6 +198,7 @@ bool aiot__is_listener_fd(aiot_listener *const *ls, size_t n, int fd);
 #define ABORT_GRACE 5.0 /* at most this many seconds from SIGABRT to SIGKILL */
 #define ORPHAN_POLL 0.1 /* seconds between orphan sweeps as PID 1 without pidfd */
 #define WORKER_TIMEOUT 30.0
+#define SETUP_TIMEOUT 60.0
 #define NOTIFY_RETRY 0.05 /* seconds between retries of a full notify socket */
 
 /* See the state diagram in proc.c. */
@@ -206,10 +247,15 @@ struct proc {
         bool recycle_asked;
         struct proc *replaces, *replaced_by;
         double ready_at;
+        double lifetime; /* this incarnation's share of max_lifetime + jitter */
         double backoff; /* the delay of the next respawn */
         int beat;       /* index into srv->beats, or -1 */
         uint64_t beat_last;
         double beat_change; /* when beat_last was last seen to change */
+        ev_timer setup_timer; /* --setup-timeout, while STARTING */
+        double started_at;    /* when this incarnation was forked */
+        unsigned restarts;    /* respawns of this index */
+        char last_exit[64];   /* how the last incarnation ended, or "" */
 };
 
 /* The kinds of service-manager notification; the latest of each is kept
@@ -250,6 +296,7 @@ struct server {
         const char *pidfile;
         bool pidfile_written;
         const char *proc_title;
+        int blocking_threads; /* 0: the loop's default */
 
         unsigned gen;     /* the serving generation */
         unsigned new_gen; /* the generation a reload is starting, or 0 */
@@ -288,6 +335,29 @@ struct server {
 
         aiot_worker main;
         aiot_event *done_ev;
+
+        /* The control socket and the metrics listener (control.c). */
+        double setup_timeout; /* < 0: none */
+        const char *control_path, *control_group, *metrics_addr;
+        struct aiot__control *ctl;
+        double started_at;
+        unsigned reloads_done, reloads_failed;
+        struct aiot__wstat *stats; /* BEAT_CELLS records beside beats, MAP_SHARED */
+        /* The reload hooks (generation.c), the serving generation's settings
+         * while a reload's new ones are applied, and the generations not yet
+         * reported retired. */
+        int (*reload_fn)(struct aiot_server_reload *r, void *arg);
+        void (*retired_fn)(unsigned gen, void *arg);
+        void *reload_arg;
+        struct aiot_server_reload serving;
+        bool reload_applied;
+        /* The recycling policies (generation.c). */
+        double max_lifetime, lifetime_jitter;
+        size_t max_rss;
+        unsigned rand_seed;
+        ev_timer policy_w;
+        unsigned *open_gens;
+        size_t n_open_gens, cap_open_gens;
 };
 
 /* supervisor.c */
@@ -300,6 +370,7 @@ void aiot__server_stop(struct server *srv, int signo, bool by_signal);
 void aiot__server_fail(struct server *srv);
 void aiot__server_check_done(struct server *srv);
 void aiot__reap_orphans(struct server *srv);
+const char *aiot__server_state_name(const struct server *srv);
 void aiot__drop_parent_watchers(void *srv);
 
 /* proc.c */
@@ -308,6 +379,7 @@ void aiot__proc_free(struct server *srv, struct proc *p);
 void aiot__proc_sweep(struct server *srv);
 bool aiot__proc_active(const struct proc *p);
 bool aiot__proc_live(const struct proc *p);
+const char *aiot__proc_state_name(enum proc_state st);
 void aiot__proc_transition(struct proc *p, enum proc_event ev, int arg);
 
 /* generation.c */
@@ -317,6 +389,11 @@ void aiot__gen_proc_ready(struct proc *p, bool again);
 void aiot__reload_fail(struct server *srv, const char *why);
 void aiot__recycle_start(struct proc *p);
 void aiot__ctl_signal_cb(struct ev_loop *loop, ev_signal *w, int revents);
+int aiot__reload_request(struct server *srv);
+int aiot__scale_to(struct server *srv, size_t n);
+int aiot__gen_open(struct server *srv, unsigned gen);
+void aiot__policy_start(struct server *srv);
+void aiot__gen_check_retired(struct server *srv);
 
 /* channel.c, the supervisor ends */
 int aiot__channel_open(struct proc *p, int *write_fd);
@@ -324,6 +401,8 @@ void aiot__channel_opened(struct proc *p);
 void aiot__channel_close(struct proc *p);
 void aiot__channel_read(struct proc *p);
 void aiot__beat_release(struct proc *p);
+double aiot__proc_beat_age(struct proc *p, double now);
+int aiot__channel_send(struct proc *p, int type, int value, int fd);
 int aiot__beats_setup(struct server *srv);
 void aiot__beats_free(struct server *srv);
 void aiot__live_cb(struct ev_loop *loop, ev_timer *w, int revents);
@@ -339,6 +418,12 @@ int aiot__write_pidfile(struct server *srv);
 void aiot__remove_pidfile(struct server *srv);
 int aiot__snapshot_internal(struct server *srv);
 void aiot__snapshot_keep(struct server *srv);
+
+/* control.c: the control socket and the metrics listener */
+int aiot__control_open(struct server *srv);
+void aiot__control_close(struct server *srv);
+void aiot__control_reload_started(struct server *srv, unsigned gen);
+void aiot__control_reload_ended(struct server *srv, unsigned gen, const char *why);
 
 #endif /* AIOT__SUPERVISOR_SIDE */
 #endif

@@ -11,8 +11,10 @@
  * done once none is live.  As PID 1 the supervisor also reaps the orphans
  * re-parented to it.  The files beside this one: proc.c (the process table
  * and its state machine), generation.c (reload, recycle, scaling), channel.c
- * (report pipe, heartbeat, service-manager notifications), config.c
- * (configuration, listeners, pidfile, fd snapshots), worker.c (the child). */
+ * (report channel, heartbeat, service-manager notifications), config.c
+ * (configuration, listeners, pidfile, fd snapshots), worker.c (the child),
+ * control.c and ctlproto.c (the control socket and the metrics listener),
+ * wstat.c (the child's status records and its end of the control requests). */
 #define AIOT__SUPERVISOR_SIDE
 #include <errno.h>
 #include <signal.h>
@@ -31,7 +33,10 @@
 #include "proctitle.h"
 #include "server-internal.h"
 
-const int aiot__ctl_signals[N_CTL] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1};
+/* SIGUSR2 and SIGWINCH have no use here: caught (and logged) rather than
+ * left to their default, so that a stray one (an upgrade signal meant for
+ * another server, a terminal resize) never kills the supervisor. */
+const int aiot__ctl_signals[N_CTL] = {SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH};
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -70,6 +75,21 @@ void aiot__status_text(const struct server *srv, char *buf, size_t len)
                  srv->gen);
 }
 
+/* What `ctl status` calls the server's state. */
+const char *aiot__server_state_name(const struct server *srv)
+{
+        switch (srv->state) {
+        case SRV_STARTING:
+                return "starting";
+        case SRV_RUNNING:
+                return srv->new_gen ? "reloading" : "ready";
+        case SRV_STOPPING:
+                return "stopping";
+        default:
+                return "done";
+        }
+}
+
 /* ---------------------------------------------------------------- stop and done */
 
 void aiot__server_check_done(struct server *srv)
@@ -83,6 +103,7 @@ void aiot__server_check_done(struct server *srv)
         ev_timer_stop(srv->evl, &srv->start_w);
         ev_timer_stop(srv->evl, &srv->live_w);
         ev_timer_stop(srv->evl, &srv->wd_w);
+        ev_timer_stop(srv->evl, &srv->policy_w);
         aiot_log(AIOT_LOG_INFO, "all processes have exited");
         aiot_event_set(srv->done_ev);
         if (!srv->loop)
@@ -126,6 +147,8 @@ void aiot__server_stop(struct server *srv, int signo, bool by_signal)
                         snprintf(status, sizeof(status), "stopping (failure)");
                 aiot__notify(srv, AIOT__SD_STOPPING, status);
                 drop_listener_copies(srv);
+                /* A `ctl reload` still waiting gets its answer now. */
+                aiot__control_reload_ended(srv, 0, "the server is stopping");
         }
         for (size_t i = 0; i < srv->n_procs; i++)
                 aiot__proc_transition(srv->procs[i], PE_STOP, signo);
@@ -187,6 +210,11 @@ static void start_cb(struct ev_loop *loop, ev_timer *w, int revents)
                 return;
         aiot__snapshot_keep(srv);
         srv->gen = srv->next_gen = 1;
+        if (aiot__gen_open(srv, 1) < 0) {
+                aiot_log(AIOT_LOG_ERR, "out of memory");
+                aiot__server_fail(srv);
+                return;
+        }
         for (size_t i = 0; i < srv->n_workers + srv->n_extra; i++) {
                 bool extra = i >= srv->n_workers;
 
@@ -295,8 +323,10 @@ static void server_free(struct server *srv)
                 ev_timer_stop(srv->evl, &srv->live_w);
                 ev_timer_stop(srv->evl, &srv->wd_w);
                 ev_timer_stop(srv->evl, &srv->start_w);
+                ev_timer_stop(srv->evl, &srv->policy_w);
                 aiot__notify_free(srv);
         }
+        aiot__control_close(srv);
         aiot__remove_pidfile(srv);
         aiot_listeners_free(srv->listeners, srv->n_listeners);
         aiot_event_free(srv->done_ev);
@@ -310,6 +340,7 @@ static void server_free(struct server *srv)
         free(srv->entry_fds);
         free(srv->internal_fds);
         free(srv->keep_fds);
+        free(srv->open_gens);
 }
 
 /* The signal watchers, the liveness timer, the watchdog and the heartbeat page. */
@@ -344,7 +375,8 @@ static void setup_watchers(struct server *srv)
                 p = ORPHAN_POLL;
         if (aiot_sd_watchdog_usec(&wd_usec) > 0 && wd_usec > 0)
                 srv->wd_half = (double)wd_usec / 2e6;
-        if (srv->worker_timeout > 0 || srv->wd_half > 0)
+        /* The control socket reads the status records beside the heartbeats. */
+        if (srv->worker_timeout > 0 || srv->wd_half > 0 || srv->control_path || srv->metrics_addr)
                 (void)aiot__beats_setup(srv);
         /* Eight ticks per timeout: a stall is seen at most a quarter of the
          * timeout late, which leaves room for the abort grace within
@@ -364,6 +396,7 @@ static void setup_watchers(struct server *srv)
                 ev_timer_start(srv->evl, &srv->wd_w);
         ev_timer_init(&srv->start_w, start_cb, 0., 0.);
         srv->start_w.data = srv;
+        aiot__policy_start(srv);
         aiot__notify_init(srv);
 }
 
@@ -438,6 +471,7 @@ int aiot_server_run(const struct aiot_server_config *cfg)
         }
         srv->exit_status = AIOT_EXIT_OK;
         srv->pid = getpid();
+        srv->started_at = aiot__now_mono();
         srv->main = (aiot_worker){.kind = AIOT_MAIN, .index = AIOT_INDEX_MAIN, .report_fd = -1};
         if (aiot__check_config(srv, cfg) < 0) {
                 server_free(srv);
@@ -472,7 +506,7 @@ int aiot_server_run(const struct aiot_server_config *cfg)
         srv->main.loop = srv->loop;
         setup_watchers(srv);
 
-        if (aiot__open_listeners(srv, cfg) < 0 || aiot__write_pidfile(srv) < 0) {
+        if (aiot__open_listeners(srv, cfg) < 0 || aiot__control_open(srv) < 0 || aiot__write_pidfile(srv) < 0) {
                 status = AIOT_EXIT_USAGE;
                 goto out;
         }

@@ -8,13 +8,14 @@
  * file is compiled without the supervisor's structs (see server-internal.h).
  * It sets up the process (title, signals, fds, its own listening sockets with
  * reuseport, privileges), builds a fresh task loop, and runs the context as
- * its root task.  The supervisor learns of progress through the report pipe
+ * its root task.  The supervisor learns of progress through the report channel
  * and of liveness through the heartbeat cell (channel.c).
  *
  * The same calls serve the main context, which runs in the supervisor; the
  * one call that needs the supervisor's state there, aiot_worker_wait_stop(),
  * hands over to supervisor.c. */
 #include <errno.h>
+#include <execinfo.h>
 #include <grp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -60,7 +61,7 @@ static void worker_signal_cb(struct ev_loop *loop, ev_signal *sw, int revents)
 }
 
 /* Closes every fd the process should not have: the supervisor's own (its loop,
- * the pidfds and report pipes of other processes) and, for an extra process,
+ * the pidfds and report channels of other processes) and, for an extra process,
  * the listening sockets.  What the caller of aiot_server_run() had open and
  * what the main context opened in its setup stays. */
 static void close_unwanted_fds(const struct aiot__proc_spec *spec)
@@ -157,6 +158,8 @@ static int worker_root(void *arg)
         int r, rc;
 
         w->root = aiot_current();
+        snprintf(w->root_name, sizeof(w->root_name), "%s %d", w->kind == AIOT_EXTRA ? "extra" : "worker", w->index);
+        aiot_task_set_name(w->root, w->root_name);
         r = aiot_scope_open(&w->scope, NULL);
         if (r < 0) {
                 aiot__report_send(w->report_fd, MSG_FAILED, r);
@@ -183,9 +186,11 @@ static void worker_free(aiot_worker *w)
                         if (w->handlers[i].fn)
                                 ev_signal_stop(evl, &w->handlers[i].sw);
                 aiot__beat_stop(evl, &w->beat);
+                aiot__chan_stop(w);
                 aiot_loop_free(w->loop);
         }
         aiot_event_free(w->stop_ev);
+        aiot__names_free(w);
         if (w->owned) {
                 aiot_listeners_free(w->owned, w->n_listeners);
                 free((void *)w->listeners);
@@ -209,13 +214,45 @@ static void worker_prepare(const struct aiot__proc_spec *spec)
         signal(SIGPIPE, SIG_IGN);
 }
 
+/* SIGABRT (the watchdog's, or an abort() of the program's own): says which
+ * task was running and its backtrace on stderr, with write(2) only, then
+ * lets the default action end the process (SA_RESETHAND). */
+static void abort_handler(int signo)
+{
+        aiot_task *t = aiot_current();
+        const char *name = t ? aiot_task_name(t) : NULL;
+        char line[256];
+        void *frames[48];
+        int n = snprintf(line, sizeof(line), "pid %d: SIG%s while running %s%s%s; backtrace:\n", (int)getpid(),
+                         sigabbrev_np(signo) ?: "?", !t ? "no task (the loop itself)" : name ? "task '" : "an unnamed task",
+                         t && name ? name : "", t && name ? "'" : "");
+
+        if (n > 0)
+                (void)!write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+        n = backtrace(frames, 48);
+        backtrace_symbols_fd(frames, n, STDERR_FILENO);
+        raise(signo);
+}
+
+static void abort_handler_install(void)
+{
+        struct sigaction sa = {.sa_handler = abort_handler, .sa_flags = SA_RESETHAND | SA_ONSTACK};
+        void *frame;
+
+        /* backtrace() loads libgcc on first use: not from a signal handler. */
+        (void)backtrace(&frame, 1);
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGABRT, &sa, NULL);
+}
+
 /* The loop, the stop-signal watchers and the heartbeat. */
 static int worker_loop(const struct aiot__proc_spec *spec, aiot_worker *w)
 {
+        struct aiot_loop_opts lo = { .size = sizeof(lo), .blocking_threads = (size_t)spec->blocking_threads };
         struct ev_loop *evl;
         int r;
 
-        r = aiot_loop_new(&w->loop, NULL);
+        r = aiot_loop_new(&w->loop, &lo);
         if (r < 0)
                 return r;
         r = aiot_event_new(&w->stop_ev);
@@ -227,7 +264,11 @@ static int worker_loop(const struct aiot__proc_spec *spec, aiot_worker *w)
                 w->sigw[i].data = w;
                 ev_signal_start(evl, &w->sigw[i]);
         }
+        w->beat.stat = spec->stat_cell;
+        w->beat.loop = w->loop;
         aiot__beat_start(evl, &w->beat, spec->beat_cell, spec->beat_period);
+        aiot__chan_start(w);
+        abort_handler_install();
         return 0;
 }
 
@@ -309,6 +350,7 @@ int aiot_worker_wait_stop(aiot_worker *w)
         w->waited = true;
         if (w->kind == AIOT_MAIN)
                 return aiot__main_wait_stop(w);
+        aiot__stat_ready(&w->beat);
         aiot__report_send(w->report_fd, MSG_READY, 0);
         while (!w->stop_signo) {
                 r = aiot_event_wait(w->stop_ev);

@@ -72,6 +72,15 @@ start_aiotools() {
         fi
 }
 
+# worker_connections + 64, but no more than the hard fd limit (nginx cannot
+# raise its limit beyond it and says so in an alert).
+nginx_nofile() {
+        local want=$((${NGINX_CONNECTIONS:-4096} + 64)) hard
+        hard=$(ulimit -Hn)
+        if [ "$hard" != unlimited ] && [ "$want" -gt "$hard" ]; then want=$hard; fi
+        echo "$want"
+}
+
 # start_nginx WORKERS PIN -> sets ngx_port
 start_nginx() {
         local dir=$tmp/nginx-$1 try
@@ -86,7 +95,7 @@ master_process on;
 worker_processes $1;
 pid $dir/nginx.pid;
 error_log $dir/error.log;
-worker_rlimit_nofile $((${NGINX_CONNECTIONS:-4096} + 64));
+worker_rlimit_nofile $(nginx_nofile);
 events { worker_connections ${NGINX_CONNECTIONS:-4096}; }
 http {
         access_log off;

@@ -5,7 +5,8 @@
  * crash", it checks the parser's contract from cli.h: -EINVAL with exactly one
  * non-empty line that names something (an option, a value or MODULE), and on
  * success a configuration whose every field is within its documented range and
- * whose strings point into argv.  cli_parse() never allocates, so there is
+ * whose strings point into argv (with --config, MODULE and --reuseport's
+ * --bind are left to cli_validate()).  cli_parse() never allocates, so there is
  * nothing to free; LeakSanitizer checks that claim. */
 #include <errno.h>
 #include <signal.h>
@@ -60,11 +61,11 @@ static void check_config(const struct cli_config *c, int argc, char **argv, char
                         if (c->stop_signals[j] == s)
                                 abort();
         }
-        if (!c->help && !c->version && (!c->module || !*c->module))
+        if (!c->help && !c->version && !c->config && (!c->module || !*c->module))
                 abort();
         if (c->module && !points_into(c->module, buf, size))
                 abort();
-        if (c->reuseport && c->n_binds == 0 && !c->help && !c->version)
+        if (c->reuseport && c->n_binds == 0 && !c->help && !c->version && !c->config)
                 abort();
         if (c->module_argc < 0 || c->module_argc > argc - 1 || c->module_argv + c->module_argc != argv + argc)
                 abort();

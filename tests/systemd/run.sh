@@ -2,7 +2,7 @@
 # aiotools-serve under REAL systemd 252 booted as PID 1 in fresh namespaces
 # (tests/tools/systemd-sandbox), driven through the unit this build
 # generates from contrib/aiotools-serve@.service.in (Type=notify,
-# ExecReload=kill -HUP, KillMode=mixed, WatchdogSec=, hardening) and the
+# ExecReload=aiotools-serve ctl reload, KillMode=mixed, WatchdogSec=, hardening) and the
 # shipped contrib/aiotools-serve@.socket.  `make check-systemd`; needs root.
 #
 # Installed into the sandbox like `make install` would: the real binary and
@@ -24,7 +24,12 @@
 #     Restart=on-failure) the unit comes back; then `systemctl stop` with a
 #     blocked worker ends within --stop-timeout=2 (KillMode=mixed), success;
 #  5. socket activation: the shipped .socket (TCP drop-in) starts the service
-#     on the first connection, which a worker answers with the name "http".
+#     on the first connection, which a worker answers with the name "http";
+#  6. synchronous reload (ExecReload= runs `aiotools-serve ctl reload`): with a
+#     worker whose setup takes 1.5 s, `systemctl reload` returns only after it
+#     (>= 1.5 s) with generation 2 serving; a reload whose new generation fails
+#     its setup makes `systemctl reload` fail while the unit stays active and
+#     generation 2 serves; `ctl status` works through $RUNTIME_DIRECTORY.
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 . "${top_srcdir:-.}/tests/proof-lib.sh"
 SBX="$tools/systemd-sandbox"
@@ -210,4 +215,36 @@ check "the first connection is answered by a worker, listener name http" grep -q
 check "the service is active after the connection" test "$(prop "$PM" ActiveState)" = active
 R systemctl stop "$PM" aiotools-serve@proofmod.socket
 check "stopped cleanly (Result=$(prop "$PM" Result))" test "$(prop "$PM" Result)" = success
+
+# ---- 6. synchronous reload through the control socket
+echo "# 6. systemctl reload = aiotools-serve ctl reload ($PM, worker 1's setup 1.5 s)"
+R sh -c 'rm -f /run/aiot-fail && printf "%s\n" "AIOTOOLS_SERVE_ARGS=\"--workers=2 --bind=127.0.0.1:18083\"" "AIOTOOLS_MODULE_ARGS=\"slow=1:1500 failif=/run/aiot-fail\"" > /etc/default/aiotools-serve-proofmod'
+R systemctl start "$PM"
+t=$(ms)
+R systemctl reload "$PM"
+rc=$?
+el=$(( $(ms) - t ))
+echo "figure: systemd_sync_reload_ms $el (rc $rc)"
+check "systemctl reload succeeded (rc $rc)" test "$rc" = 0
+check "systemctl reload returned only after the new generation was ready: $el ms >= 1500" test "$el" -ge 1500
+check "right after it: StatusText '2 workers, generation 2' ($(prop "$PM" StatusText))" \
+        test "$(prop "$PM" StatusText)" = "2 workers, generation 2"
+out=$(R /usr/local/bin/aiotools-serve ctl --socket=/run/aiotools-serve-proofmod/control.sock status)
+echo "$out" | sed 's/^/#   /'
+check "ctl status through the unit's RuntimeDirectory: generation 2, 2 ready workers" \
+        test -n "$(grep 'state ready, generation 2' <<<"$out")" -a "$(grep -c '^worker .* ready ' <<<"$out")" = 2
+R touch /run/aiot-fail
+t=$(ms)
+R systemctl reload "$PM" 2>"$tmp/reload.err"
+rc=$?
+el=$(( $(ms) - t ))
+echo "figure: systemd_failed_reload_ms $el (rc $rc)"
+S journal -u "$PM" > "$tmp/j6"
+grep -E 'reload failed|ctl\[' "$tmp/j6" | tail -n 3 | sed 's/^/#   /'
+check "a reload whose new generation fails its setup: systemctl reload fails (rc $rc)" test "$rc" != 0
+check "the journal has the reason from ctl" grep -q 'aiotools-serve ctl: reload failed: worker [01] failed during setup' "$tmp/j6"
+check "the unit stays active, generation 2 serving ($(prop "$PM" ActiveState))" \
+        test "$(prop "$PM" ActiveState)" = active -a -n "$(ask_in 18083 name | grep '^name=')"
+R systemctl stop "$PM"
+R rm -f /run/aiot-fail
 summary

@@ -5,7 +5,9 @@
 # option added to daemon/cli.c completes with no edit of the script); an
 # option's argument completes by its placeholder (--log-level, a --pidfile
 # path); the MODULE word completes *.so files; past "--" the words are plain
-# files.  Needs bash-completion (Debian: bash-completion).
+# files; -c/--config completes a file name; `aiotools-serve ctl` completes its
+# options and every command of its --help (each one a command ctl accepts),
+# and log-level's LEVEL.  Needs bash-completion (Debian: bash-completion).
 [ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"
 set -u
 src="${top_srcdir:-.}"
@@ -73,5 +75,44 @@ cd "$tmp/mods" || exit 1
 expect 'aiotools-serve -w 2 ' 'echo.so sub'
 expect 'aiotools-serve --pidfile n' 'notes.txt'
 expect 'aiotools-serve echo.so -- n' 'notes.txt'
+# -c/--config FILE: any file name.
+expect 'aiotools-serve -c n' 'notes.txt'
+expect 'aiotools-serve --config=n' 'notes.txt'
+# The subcommand is offered as the first word only (main() looks there).
+expect 'aiotools-serve ' 'ctl echo.so sub'
+expect 'aiotools-serve ctl --' '--json --socket='
+expect 'aiotools-serve ctl --socket n' 'notes.txt'
+expect 'aiotools-serve ctl --socket=n' 'notes.txt'
+# Every command of `ctl --help`'s "Commands:" list (read here with sed, not
+# the completion's awk), and each one a command ctl knows: against no server
+# it exits 3 (no server), where an unknown command exits 2.
+want=$(aiotools-serve ctl --help | tr '\n' ' ' | sed -E 's/.*Commands: *//; s/\.( .*)?$//' | tr ',' '\n' | awk '{ print $1 }' | sort | tr '\n' ' ' | sed 's/ $//')
+[ "$(echo "$want" | wc -w)" -ge 5 ] || { echo "FAIL: no command list read from aiotools-serve ctl --help ('$want')"; fail=1; }
+expect 'aiotools-serve ctl ' "$want"
+expect 'aiotools-serve ctl --json ' "$want"
+expect 'aiotools-serve ctl --socket /x ' "$want"
+# A command with an argument (its placeholder in the list) gets one: a valid
+# one for LEVEL, 1 for N and INDEX.
+_aiotools_serve_commands aiotools-serve ctl >"$tmp/cmds"
+for c in $(offers 'aiotools-serve ctl '); do
+        case $(awk -v c="$c" '$1 == c { print $2 }' "$tmp/cmds") in
+        -) set -- "$c" ;;
+        LEVEL) set -- "$c" info ;;
+        *) set -- "$c" 1 ;;
+        esac
+        rc=0
+        aiotools-serve ctl --socket="$tmp/none.sock" "$@" >/dev/null 2>&1 || rc=$?
+        if [ "$rc" = 3 ]; then
+                echo "ok: 'ctl $*' is a command ctl knows (exit 3: no server)"
+        else
+                echo "FAIL: 'ctl $*' (offered) exits $rc against no server, not 3"
+                fail=1
+        fi
+done
+expect 'aiotools-serve ctl sc' 'scale'
+expect 'aiotools-serve ctl log-level ' 'debug err info notice warning'
+expect 'aiotools-serve ctl log-level w' 'warning'
+expect 'aiotools-serve ctl status ' ''
+expect 'aiotools-serve ctl log-level info ' ''
 [ "$fail" = 0 ] && echo "PASS: the bash completion follows aiotools-serve --help"
 exit $fail

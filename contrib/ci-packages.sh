@@ -6,8 +6,9 @@
 # default: the suite already ran; DEB_BUILD_OPTIONS from the environment wins),
 # runs lintian (an error fails), installs them with dpkg -i, builds a module
 # against them and serves it (tests/installcheck.sh), checks the installed
-# examples, completion and units, runs aiotools-serve@echo and the socket of
-# aiotools-serve@http-hello under real systemd in tests/tools/systemd-sandbox,
+# examples, completion and units, runs the instances aiotools-serve@echo (its
+# packaged /etc/aiotools-serve/echo.conf), @api and the socket of @http-hello
+# under real systemd in tests/tools/systemd-sandbox (ci-packages-systemd.sh),
 # then purges them, so that the machine is left as it was.
 #   contrib/ci-packages.sh [OUTDIR]   (the .debs are kept in OUTDIR if given)
 # Refuses to run when one of the packages is already installed (it would purge it).

@@ -14,7 +14,7 @@ build="$top/build"
 # Build and test dependencies, as Debian package names.
 DEPS="build-essential autoconf automake libtool pkg-config libev-dev libsystemd-dev
       check libsubunit-dev libseccomp-dev mandoc valgrind systemd python3 bc wrk
-      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
+      gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user bash-completion"
 # TLS (issue 15): OpenSSL to build it, the openssl and curl clients for tests/proof-tls.sh.
 DEPS="$DEPS libssl-dev openssl curl"
 

@@ -41,7 +41,7 @@ verify() {
 }
 
 mkdir "$tmp/units" "$tmp/bogus"
-sed -e "s|@bindir@|$bld/daemon|g" -e "s|@moduledir@|/usr/local/lib/libaiotools-server|g" "$in" \
+sed -e "s|@bindir@|$bld/daemon|g" -e "s|@moduledir@|/usr/local/lib/libaiotools-server|g" -e "s|@sysconfdir@|/etc|g" "$in" \
         > "$tmp/units/aiotools-serve@.service"
 cp "$socket" "$tmp/units/aiotools-serve@.socket"
 if verify units "$tmp/units"; then

@@ -139,6 +139,7 @@ START_TEST(test_bad_args)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wformat-nonliteral"
 #pragma GCC diagnostic ignored "-Wformat"
+#pragma GCC diagnostic ignored "-Wformat-security"
         {
                 const char *fmt = NULL;
                 ck_assert_int_eq(aiot_sd_notifyf(fmt), -EINVAL);

@@ -8,8 +8,8 @@
 # Installed into the sandbox like `make install` would: the real binary and
 # library from .libs (not libtool's wrapper scripts) into /usr/local, the
 # modules (examples/http-hello, tests/proofmod) into the module directory.
-# Options per instance in /etc/default/aiotools-serve-NAME, test settings in
-# drop-ins.  Checks:
+# Each instance's settings in its /etc/aiotools-serve/NAME.conf (the unit runs
+# aiotools-serve -c on it), test settings in drop-ins.  Checks:
 #  1. start: `systemctl start` returns only after READY, which waits for the
 #     slowest worker (proofmod slow=1:1500): it takes >= 1.5 s, the journal has
 #     the slow worker's ready line before systemd's "Started", and right after
@@ -64,7 +64,7 @@ S cp "$HELLO" "$PROOFMOD" "$MODDIR/"
 S cp "$src/tests/proof-client.py" /usr/local/share/proof-client.py
 # The shipped unit, with the paths where this test installs the build (the
 # build's own prefix may be elsewhere, e.g. under make distcheck).
-sed -e "s|@bindir@|/usr/local/bin|g" -e "s|@moduledir@|$MODDIR|g" "$UNIT_IN" > "$tmp/aiotools-serve@.service"
+sed -e "s|@bindir@|/usr/local/bin|g" -e "s|@moduledir@|$MODDIR|g" -e "s|@sysconfdir@|/etc|g" "$UNIT_IN" > "$tmp/aiotools-serve@.service"
 S cp "$tmp/aiotools-serve@.service" "$src/contrib/aiotools-serve@.socket" /usr/local/lib/systemd/system/
 # A --enable-sanitizers build: LeakSanitizer cannot stop the world inside the
 # hardened unit (it reports a fatal error and exit 1), so leaks are checked
@@ -72,8 +72,14 @@ S cp "$tmp/aiotools-serve@.service" "$src/contrib/aiotools-serve@.socket" /usr/l
 R sh -c "mkdir -p /etc/systemd/system/aiotools-serve@.service.d &&
         printf '[Service]\nEnvironment=ASAN_OPTIONS=detect_leaks=0\n' > /etc/systemd/system/aiotools-serve@.service.d/asan.conf"
 R sh -c "ldconfig && chmod 755 $MODDIR && chmod 644 $MODDIR/*.so && systemctl daemon-reload"
-R sh -c 'printf "%s\n" "AIOTOOLS_SERVE_ARGS=\"--workers=2 --bind=127.0.0.1:18080\"" > /etc/default/aiotools-serve-http-hello'
-R sh -c 'printf "%s\n" "AIOTOOLS_SERVE_ARGS=\"--workers=2 --bind=127.0.0.1:18081 --worker-timeout=0\"" "AIOTOOLS_MODULE_ARGS=\"slow=1:1500\"" > /etc/default/aiotools-serve-proofmod'
+# conf NAME LINE...: writes the instance's /etc/aiotools-serve/NAME.conf.
+conf() {
+        local name=$1
+        shift
+        R sh -c 'mkdir -p /etc/aiotools-serve && f=$1 && shift && printf "%s\n" "$@" > "$f"' sh "/etc/aiotools-serve/$name.conf" "$@"
+}
+conf http-hello "module = $MODDIR/http-hello.so" "workers = 2" "bind = 127.0.0.1:18080"
+conf proofmod "module = $MODDIR/proofmod.so" "workers = 2" "bind = 127.0.0.1:18081" "worker-timeout = 0" "arg = slow=1:1500"
 check "systemd-analyze verify of the generated unit and the socket" \
         eval 'test -z "$(R systemd-analyze verify --man=no /usr/local/lib/systemd/system/aiotools-serve@http-hello.service /usr/local/lib/systemd/system/aiotools-serve@http-hello.socket 2>&1)"'
 
@@ -151,7 +157,8 @@ for v in v1 v2; do
 done
 S cp "$tmp/versionmod-v1.so" "$MODDIR/versionmod.so"
 S cp "$tmp/versionmod-v2.so" "$MODDIR/.versionmod-v2.so"
-R sh -c "chmod 644 $MODDIR/*.so && printf '%s\n' 'AIOTOOLS_SERVE_ARGS=\"--workers=2 --bind=127.0.0.1:18082\"' > /etc/default/aiotools-serve-versionmod"
+R chmod 644 "$MODDIR/versionmod.so" "$MODDIR/.versionmod-v2.so"
+conf versionmod "module = $MODDIR/versionmod.so" "workers = 2" "bind = 127.0.0.1:18082"
 R systemctl start "$VM"
 main=$(prop "$VM" MainPID)
 v_before=$(ask_in 18082 x)
@@ -220,8 +227,8 @@ check "ActiveState=inactive ($(prop "$HH" ActiveState))" test "$(prop "$HH" Acti
 # ---- 4. watchdog
 echo "# 4. watchdog ($PM, WatchdogSec=2, a worker's loop blocked)"
 R sh -c "mkdir -p /etc/systemd/system/$PM.d && printf '[Service]\nWatchdogSec=2\n' > /etc/systemd/system/$PM.d/wd.conf &&
-        printf '%s\n' 'AIOTOOLS_SERVE_ARGS=\"--workers=2 --bind=127.0.0.1:18081 --worker-timeout=0 --stop-timeout=2\"' > /etc/default/aiotools-serve-proofmod &&
         systemctl daemon-reload"
+conf proofmod "module = $MODDIR/proofmod.so" "workers = 2" "bind = 127.0.0.1:18081" "worker-timeout = 0" "stop-timeout = 2"
 R systemctl start "$PM"
 main=$(prop "$PM" MainPID)
 sleep 3
@@ -267,8 +274,9 @@ R rm -rf "/etc/systemd/system/$PM.d"
 echo "# 5. socket activation (aiotools-serve@proofmod.socket on 127.0.0.1:18082)"
 R sh -c "mkdir -p /etc/systemd/system/aiotools-serve@proofmod.socket.d &&
         printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:18082\n' > /etc/systemd/system/aiotools-serve@proofmod.socket.d/tcp.conf &&
-        printf '%s\n' 'AIOTOOLS_SERVE_ARGS=\"--workers=2\"' > /etc/default/aiotools-serve-proofmod &&
-        systemctl daemon-reload && systemctl start aiotools-serve@proofmod.socket"
+        systemctl daemon-reload"
+conf proofmod "module = $MODDIR/proofmod.so" "workers = 2"
+R systemctl start aiotools-serve@proofmod.socket
 check "socket active, service not started yet ($(prop "$PM" ActiveState))" \
         test "$(prop aiotools-serve@proofmod.socket ActiveState)" = active -a "$(prop "$PM" ActiveState)" = inactive
 reply=$(ask_in 18082 name)
@@ -280,7 +288,8 @@ check "stopped cleanly (Result=$(prop "$PM" Result))" test "$(prop "$PM" Result)
 
 # ---- 6. synchronous reload through the control socket
 echo "# 6. systemctl reload = aiotools-serve ctl reload ($PM, worker 1's setup 1.5 s)"
-R sh -c 'rm -f /run/aiot-fail && printf "%s\n" "AIOTOOLS_SERVE_ARGS=\"--workers=2 --bind=127.0.0.1:18083\"" "AIOTOOLS_MODULE_ARGS=\"slow=1:1500 failif=/run/aiot-fail\"" > /etc/default/aiotools-serve-proofmod'
+R rm -f /run/aiot-fail
+conf proofmod "module = $MODDIR/proofmod.so" "workers = 2" "bind = 127.0.0.1:18083" "arg = slow=1:1500" "arg = failif=/run/aiot-fail"
 R systemctl start "$PM"
 t=$(ms)
 R systemctl reload "$PM"

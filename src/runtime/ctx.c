@@ -14,29 +14,11 @@
 #endif
 
 #ifdef AIOT_CTX_TSAN
-#include <pthread.h>
 #include <sanitizer/tsan_interface.h>
-#include <signal.h>
 
 /* The fiber of a context that switched away for the last time, destroyed by
  * the context that runs next (a fiber cannot destroy itself while it runs). */
 static __thread void *tsan_dead;
-
-/* The thread's signal mask, blocked in full across each switch.  Why: TSan
- * defers a signal that arrives outside a blocking call to the current fiber,
- * and runs the handler only when that fiber next enters an intercepted call;
- * a task that parked at that moment kept it (a worker then never saw its stop
- * signal, a supervisor its SIGCHLD).  Blocked, the signal waits in the kernel
- * until the next context unblocks it, which delivers it to that fiber. */
-static __thread sigset_t tsan_mask;
-
-static void tsan_block_signals(void)
-{
-        sigset_t all;
-
-        sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, &tsan_mask);
-}
 
 /* Macros, not functions: once __tsan_switch_to_fiber() has run, TSan counts
  * every instrumented function exit against the next fiber's shadow call stack,
@@ -47,24 +29,20 @@ static void tsan_block_signals(void)
  * learns its fiber here, at each switch away from it. */
 #define TSAN_SWITCH(from, to)                                                                      \
         do {                                                                                       \
-                tsan_block_signals();                                                              \
                 (from)->tsan_fiber = __tsan_get_current_fiber();                                   \
                 __tsan_switch_to_fiber((to)->tsan_fiber, 0);                                       \
         } while (0)
 #define TSAN_SWITCH_FINAL(to)                                                                      \
         do {                                                                                       \
-                tsan_block_signals();                                                              \
                 tsan_dead = __tsan_get_current_fiber();                                            \
                 __tsan_switch_to_fiber((to)->tsan_fiber, 0);                                       \
         } while (0)
-/* On the side a switch lands on: the dead fiber goes, the signals come back. */
-#define TSAN_ARRIVE()                                                                              \
+#define TSAN_REAP()                                                                                \
         do {                                                                                       \
                 if (tsan_dead) {                                                                   \
                         __tsan_destroy_fiber(tsan_dead);                                           \
                         tsan_dead = NULL;                                                          \
                 }                                                                                  \
-                pthread_sigmask(SIG_SETMASK, &tsan_mask, NULL);                                    \
         } while (0)
 #endif
 
@@ -98,7 +76,7 @@ __attribute__((unused)) static void ctx_first(void *p)
         asan_finish(NULL);
 #endif
 #ifdef AIOT_CTX_TSAN
-        TSAN_ARRIVE();
+        TSAN_REAP();
 #endif
         c->entry(c->arg);
         /* The entry must switch away for good; returning has nowhere to go. */
@@ -249,7 +227,7 @@ void(aiot__ctx_switch)(aiot__ctx *from, aiot__ctx *to)
 #if defined(AIOT_CTX_TSAN)
         TSAN_SWITCH(from, to);
         raw_switch(from, to);
-        TSAN_ARRIVE();
+        TSAN_REAP();
 #elif defined(AIOT_CTX_ASAN)
         asan_from = from;
         __sanitizer_start_switch_fiber(&from->fake_stack, to->stack_lo, to->stack_size);

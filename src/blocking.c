@@ -24,8 +24,10 @@
  * parent thread may have held at the fork).
  *
  * aiot_loop_free() stops the pool: idle threads end, running calls get
- * STOP_WAIT_S seconds to end, then what still runs is logged and left to its
- * threads, which free the pool when the last of them ends (a reference count). */
+ * STOP_WAIT_MS (or AIOTOOLS_BLOCKING_STOP_WAIT_MS, read when the pool starts, so
+ * that a test need not wait 10 s) to end, then what still runs is logged and
+ * left to its threads, which free the pool when the last of them ends (a
+ * reference count). */
 #include <errno.h>
 #include <ev.h>
 #include <fcntl.h>
@@ -48,7 +50,8 @@
 
 #define DEFAULT_THREADS 4
 /* How long aiot_loop_free() waits for calls still running before it logs them. */
-#define STOP_WAIT_S 10
+#define STOP_WAIT_MS 10000
+#define STOP_WAIT_ENV "AIOTOOLS_BLOCKING_STOP_WAIT_MS"
 
 struct job {
         struct job *next;
@@ -70,6 +73,7 @@ struct pool {
         unsigned max, nthreads, idle, running, queued, abandoned;
         uint64_t calls;
         unsigned refs;  /* the loop's and one per thread: the last frees */
+        unsigned stop_wait_ms; /* how long aiot_loop_free() waits for running calls */
         bool stopping;
         bool signalled; /* the eventfd was written and not yet read */
         int efd;
@@ -246,19 +250,24 @@ static void pool_forget_inherited(struct pool *p)
         free(p);
 }
 
-static struct timespec deadline_in(int seconds)
+static struct timespec deadline_in_ms(unsigned ms)
 {
         struct timespec ts;
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += seconds;
+        ts.tv_sec += ms / 1000;
+        ts.tv_nsec += (long)(ms % 1000) * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+        }
         return ts;
 }
 
-/* Waits until every thread has ended, at most STOP_WAIT_S seconds. */
+/* Waits until every thread has ended, at most p->stop_wait_ms. */
 static int pool_wait_threads_locked(struct pool *p)
 {
-        struct timespec until = deadline_in(STOP_WAIT_S);
+        struct timespec until = deadline_in_ms(p->stop_wait_ms);
 
         while (p->nthreads) {
                 int e = pthread_cond_timedwait(&p->threads_cv, &p->mu, &until);
@@ -284,9 +293,10 @@ static void pool_destroy(aiot_loop *l, void *data)
         pthread_cond_broadcast(&p->work);
         if (pool_wait_threads_locked(p) < 0)
                 aiot_log(AIOT_LOG_WARNING,
-                         "aiot_loop_free: %u blocking call%s still running after %d s (%u queued); "
+                         "aiot_loop_free: %u blocking call%s still running after %u.%03u s (%u queued); "
                          "left to %u thread%s",
-                         p->running, p->running == 1 ? "" : "s", STOP_WAIT_S, p->queued, p->nthreads,
+                         p->running, p->running == 1 ? "" : "s", p->stop_wait_ms / 1000,
+                         p->stop_wait_ms % 1000, p->queued, p->nthreads,
                          p->nthreads == 1 ? "" : "s");
         /* Calls that ended after their task was interrupted, not yet delivered. */
         j = p->d_head;
@@ -300,6 +310,27 @@ static void pool_destroy(aiot_loop *l, void *data)
         }
         pthread_mutex_lock(&p->mu);
         pool_unref_locked(p);
+}
+
+/* STOP_WAIT_MS, or the environment's AIOTOOLS_BLOCKING_STOP_WAIT_MS (a test's
+ * way to reach the log line below without a 10 s wait).  A bad value is logged,
+ * naming it, and the default kept. */
+static unsigned stop_wait_ms_from_env(void)
+{
+        const char *e = getenv(STOP_WAIT_ENV);
+        char *end;
+        unsigned long v;
+
+        if (!e)
+                return STOP_WAIT_MS;
+        errno = 0;
+        v = strtoul(e, &end, 10);
+        if (errno || end == e || *end || e[0] == '-' || v > 3600000) {
+                aiot_log(AIOT_LOG_WARNING, "%s=%s: not a number of milliseconds (0 to 3600000); using %d",
+                         STOP_WAIT_ENV, e, STOP_WAIT_MS);
+                return STOP_WAIT_MS;
+        }
+        return (unsigned)v;
 }
 
 static int pool_create(aiot_loop *l, struct pool **ret)
@@ -324,6 +355,7 @@ static int pool_create(aiot_loop *l, struct pool **ret)
         pthread_condattr_destroy(&ca);
         p->max = aiot__loop_pub(l)->blocking_threads ? aiot__loop_pub(l)->blocking_threads : DEFAULT_THREADS;
         p->refs = 1;
+        p->stop_wait_ms = stop_wait_ms_from_env();
         p->gen = fork_gen;
         p->pid = getpid();
         p->ev = aiot__loop_ev(l);

@@ -553,6 +553,135 @@ START_TEST(test_loop_free_waits_for_running_calls)
 }
 END_TEST
 
+/* A call stuck past aiot_loop_free()'s bound (set to 100 ms by the environment,
+ * read when the pool starts): aiot_loop_free() logs the count and returns; the
+ * stuck thread keeps the pool (its eventfd stays open) and frees it when the
+ * call ends, with nothing left behind. */
+static int stuck_call_task(void *arg)
+{
+        struct aiot_blocking_opts o = { .size = sizeof(o), .abandon = gate_abandon };
+
+        ck_assert_int_eq(aiot_run_blocking_opts(gate_fn, arg, &o, NULL), -ECANCELED);
+        return 0;
+}
+
+static int abandon_stuck_main(void *arg)
+{
+        struct gate *g = arg;
+        aiot_scope *s;
+        aiot_task *t;
+
+        ck_assert_int_eq(aiot_scope_open(&s, NULL), 0);
+        ck_assert_int_eq(aiot_spawn(s, stuck_call_task, g, &t), 0);
+        wait_for(&g->entered, 1);
+        ck_assert_int_eq(aiot_cancel(t), 0);
+        ck_assert_int_eq(aiot_join(t, NULL), 0);
+        return aiot_scope_close(s);
+}
+
+/* Sends stderr (where aiot_log writes) to a file until capture_end(), which
+ * gives back what was written. */
+struct capture {
+        FILE *f;
+        int saved;
+};
+
+static void capture_begin(struct capture *c)
+{
+        c->f = tmpfile();
+        ck_assert_ptr_nonnull(c->f);
+        c->saved = dup(STDERR_FILENO);
+        ck_assert_int_ge(c->saved, 0);
+        ck_assert_int_eq(dup2(fileno(c->f), STDERR_FILENO), STDERR_FILENO);
+}
+
+static void capture_end(struct capture *c, char *out, size_t outsz)
+{
+        size_t n;
+
+        ck_assert_int_eq(dup2(c->saved, STDERR_FILENO), STDERR_FILENO);
+        close(c->saved);
+        rewind(c->f);
+        n = fread(out, 1, outsz - 1, c->f);
+        out[n] = '\0';
+        fclose(c->f);
+}
+
+static int call_gate_main(void *arg)
+{
+        int result = 0;
+
+        ck_assert_int_eq(aiot_run_blocking(gate_fn, arg, &result), 0);
+        ck_assert_int_eq(result, 42);
+        return 0;
+}
+
+START_TEST(test_loop_free_logs_a_call_stuck_past_the_bound)
+{
+        struct capture cap;
+        struct gate g;
+        char log[1024];
+        aiot_loop *l;
+        double t0, waited, until;
+        int fds;
+
+        gate_init(&g);
+        fds = testutil_count_fds();
+        ck_assert_int_eq(setenv("AIOTOOLS_BLOCKING_STOP_WAIT_MS", "100", 1), 0);
+        ck_assert_int_eq(aiot_loop_new(&l, NULL), 0);
+        ck_assert_int_eq(aiot_loop_run(l, abandon_stuck_main, &g), 0);
+        t0 = mono();
+        capture_begin(&cap);
+        aiot_loop_free(l);
+        capture_end(&cap, log, sizeof(log));
+        waited = mono() - t0;
+        unsetenv("AIOTOOLS_BLOCKING_STOP_WAIT_MS");
+
+        /* It waited the bound, not the default 10 s, and the call still blocks. */
+        ck_assert_double_ge(waited, 0.09);
+        ck_assert_double_lt(waited, 5);
+        ck_assert_int_eq(atomic_load(&g.passed), 0);
+        ck_assert_msg(strstr(log, "aiot_loop_free: 1 blocking call still running after 0.100 s (0 queued); "
+                                  "left to 1 thread") != NULL,
+                      "log: %s", log);
+        /* The loop's fds are closed; the pool's eventfd lives on with its thread. */
+        ck_assert_int_eq(testutil_count_fds(), fds + 1);
+
+        gate_open(&g, 1);
+        until = mono() + 10;
+        while ((atomic_load(&g.abandoned) < 1 || testutil_count_fds() != fds) && mono() < until)
+                sleep_ms(2);
+        ck_assert_int_eq(atomic_load(&g.passed), 1);
+        ck_assert_int_eq(atomic_load(&g.abandoned), 1);
+        ck_assert_int_eq(atomic_load(&g.abandon_result), 42);
+        ck_assert_int_eq(testutil_count_fds(), fds);
+        gate_fini(&g);
+}
+END_TEST
+
+/* A bad AIOTOOLS_BLOCKING_STOP_WAIT_MS is named in the log when the pool starts. */
+START_TEST(test_stop_wait_bad_value_named)
+{
+        struct capture cap;
+        char log[1024];
+        aiot_loop *l;
+        struct gate g;
+
+        gate_init(&g);
+        gate_open(&g, 1);
+        ck_assert_int_eq(setenv("AIOTOOLS_BLOCKING_STOP_WAIT_MS", "5s", 1), 0);
+        ck_assert_int_eq(aiot_loop_new(&l, NULL), 0);
+        capture_begin(&cap);
+        ck_assert_int_eq(aiot_loop_run(l, call_gate_main, &g), 0);
+        capture_end(&cap, log, sizeof(log));
+        unsetenv("AIOTOOLS_BLOCKING_STOP_WAIT_MS");
+        aiot_loop_free(l);
+        ck_assert_msg(strstr(log, "AIOTOOLS_BLOCKING_STOP_WAIT_MS=5s: not a number of milliseconds") != NULL,
+                      "log: %s", log);
+        gate_fini(&g);
+}
+END_TEST
+
 /* ------------------------------------------------------------ fork while calls run */
 
 static int sleep20_fn(void *arg)
@@ -1000,6 +1129,8 @@ int main(void)
         tcase_add_test(tc, test_abandoned_while_queued_never_runs);
         tcase_add_test(tc, test_100k_calls_no_leak);
         tcase_add_test(tc, test_loop_free_waits_for_running_calls);
+        tcase_add_test(tc, test_loop_free_logs_a_call_stuck_past_the_bound);
+        tcase_add_test(tc, test_stop_wait_bad_value_named);
         tcase_add_test(tc, test_fork_while_calls_run);
         suite_add_tcase(s, tc);
         tc = tcase_create("names-files");

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Context creation and the C side of the switch: the initial frame the assembly
- * switch pops on first entry, the ucontext fallback, and the ASan annotations.
+ * switch pops on first entry, the ucontext fallback, and the ASan and TSan annotations.
  * Built without config.h too (tests/ctx-standalone.c for the aarch64 cross run),
  * so it depends on nothing else in the tree. */
 #include <stdint.h>
@@ -11,6 +11,39 @@
 
 #ifdef AIOT_CTX_ASAN
 #include <sanitizer/common_interface_defs.h>
+#endif
+
+#ifdef AIOT_CTX_TSAN
+#include <sanitizer/tsan_interface.h>
+
+/* The fiber of a context that switched away for the last time, destroyed by
+ * the context that runs next (a fiber cannot destroy itself while it runs). */
+static __thread void *tsan_dead;
+
+/* Macros, not functions: once __tsan_switch_to_fiber() has run, TSan counts
+ * every instrumented function exit against the next fiber's shadow call stack,
+ * so no instrumented function may return between it and the raw switch (a
+ * helper's exit there popped a frame the new fiber never had: the crash the
+ * first attempt saw).  The switch synchronises the two fibers (flags 0): they
+ * run on one thread, one after the other.  A zeroed ctx (a thread's own stack)
+ * learns its fiber here, at each switch away from it. */
+#define TSAN_SWITCH(from, to)                                                                      \
+        do {                                                                                       \
+                (from)->tsan_fiber = __tsan_get_current_fiber();                                   \
+                __tsan_switch_to_fiber((to)->tsan_fiber, 0);                                       \
+        } while (0)
+#define TSAN_SWITCH_FINAL(to)                                                                      \
+        do {                                                                                       \
+                tsan_dead = __tsan_get_current_fiber();                                            \
+                __tsan_switch_to_fiber((to)->tsan_fiber, 0);                                       \
+        } while (0)
+#define TSAN_REAP()                                                                                \
+        do {                                                                                       \
+                if (tsan_dead) {                                                                   \
+                        __tsan_destroy_fiber(tsan_dead);                                           \
+                        tsan_dead = NULL;                                                          \
+                }                                                                                  \
+        } while (0)
 #endif
 
 #ifdef AIOT_CTX_ASAN
@@ -42,6 +75,9 @@ __attribute__((unused)) static void ctx_first(void *p)
 #ifdef AIOT_CTX_ASAN
         asan_finish(NULL);
 #endif
+#ifdef AIOT_CTX_TSAN
+        TSAN_REAP();
+#endif
         c->entry(c->arg);
         /* The entry must switch away for good; returning has nowhere to go. */
         abort();
@@ -68,6 +104,9 @@ void aiot__ctx_make(aiot__ctx *c, void *stack_lo, size_t size, aiot__ctx_entry e
         c->stack_lo = stack_lo;
         c->stack_size = size;
 #endif
+#ifdef AIOT_CTX_TSAN
+        c->tsan_fiber = __tsan_create_fiber(0);
+#endif
         /* getcontext only fills uc_mcontext/sigmask for makecontext to start from;
          * it cannot fail on Linux. */
         getcontext(&c->uc);
@@ -77,7 +116,7 @@ void aiot__ctx_make(aiot__ctx *c, void *stack_lo, size_t size, aiot__ctx_entry e
         makecontext(&c->uc, (void (*)(void))uc_start, 2, (int)(unsigned)(v >> 32), (int)(unsigned)v);
 }
 
-static inline void raw_switch(aiot__ctx *from, aiot__ctx *to)
+static inline __attribute__((always_inline)) void raw_switch(aiot__ctx *from, aiot__ctx *to)
 {
         swapcontext(&from->uc, &to->uc);
 }
@@ -154,12 +193,17 @@ void aiot__ctx_make(aiot__ctx *c, void *stack_lo, size_t size, aiot__ctx_entry e
         uintptr_t top = ((uintptr_t)stack_lo + size) & ~(uintptr_t)15;
         struct initial_frame *f = (struct initial_frame *)(top - sizeof(*f));
 
-#ifdef AIOT_CTX_ASAN
+#ifdef AIOT_CTX_HOOKED
         memset(c, 0, sizeof(*c));
         c->entry = entry;
         c->arg = arg;
+#ifdef AIOT_CTX_ASAN
         c->stack_lo = stack_lo;
         c->stack_size = size;
+#endif
+#ifdef AIOT_CTX_TSAN
+        c->tsan_fiber = __tsan_create_fiber(0);
+#endif
         fill_frame(f, ctx_first, c);
 #else
         /* The initial frame carries entry and arg: the trampoline calls the entry
@@ -169,18 +213,22 @@ void aiot__ctx_make(aiot__ctx *c, void *stack_lo, size_t size, aiot__ctx_entry e
         c->sp = f;
 }
 
-static inline void raw_switch(aiot__ctx *from, aiot__ctx *to)
+static inline __attribute__((always_inline)) void raw_switch(aiot__ctx *from, aiot__ctx *to)
 {
         aiot__ctx_swap(&from->sp, to->sp);
 }
 
 #endif
 
-#if defined(AIOT_CONTEXT_UCONTEXT) || defined(AIOT_CTX_ASAN)
+#if defined(AIOT_CONTEXT_UCONTEXT) || defined(AIOT_CTX_HOOKED)
 /* Parenthesised names: ctx.h may define these as macros for the plain asm build. */
 void(aiot__ctx_switch)(aiot__ctx *from, aiot__ctx *to)
 {
-#ifdef AIOT_CTX_ASAN
+#if defined(AIOT_CTX_TSAN)
+        TSAN_SWITCH(from, to);
+        raw_switch(from, to);
+        TSAN_REAP();
+#elif defined(AIOT_CTX_ASAN)
         asan_from = from;
         __sanitizer_start_switch_fiber(&from->fake_stack, to->stack_lo, to->stack_size);
         raw_switch(from, to);
@@ -196,6 +244,9 @@ void(aiot__ctx_switch_final)(aiot__ctx *from, aiot__ctx *to)
         asan_from = from;
         /* NULL: this context's fake stack frames are dead, let ASan drop them. */
         __sanitizer_start_switch_fiber(NULL, to->stack_lo, to->stack_size);
+#endif
+#ifdef AIOT_CTX_TSAN
+        TSAN_SWITCH_FINAL(to);
 #endif
         raw_switch(from, to);
         abort();

@@ -13,7 +13,11 @@
  *
  * Under AddressSanitizer (__SANITIZE_ADDRESS__) every switch is announced with
  * __sanitizer_start_switch_fiber / __sanitizer_finish_switch_fiber, so ASan knows
- * which stack is live.  Valgrind registration is per stack, see stack.c. */
+ * which stack is live.  Under ThreadSanitizer every context is a TSan fiber
+ * (__tsan_create_fiber) and every switch names the fiber that runs next, so that
+ * TSan keeps one shadow call stack per task instead of seeing one thread's call
+ * stack jump between tasks (its function entry/exit records would not balance).
+ * Valgrind registration is per stack, see stack.c. */
 #ifndef AIOT_CTX_H
 #define AIOT_CTX_H
 
@@ -29,6 +33,19 @@
 #if __has_feature(address_sanitizer)
 #define AIOT_CTX_ASAN 1
 #endif
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define AIOT_CTX_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define AIOT_CTX_TSAN 1
+#endif
+#endif
+
+/* A sanitizer must hear of every switch: no inlined raw switch then. */
+#if defined(AIOT_CTX_ASAN) || defined(AIOT_CTX_TSAN)
+#define AIOT_CTX_HOOKED 1
 #endif
 
 typedef void (*aiot__ctx_entry)(void *arg);
@@ -50,6 +67,12 @@ typedef struct aiot__ctx {
         const void *stack_lo;
         size_t stack_size;
         void *fake_stack;
+#endif
+#ifdef AIOT_CTX_TSAN
+        /* The TSan fiber this context runs as: made by aiot__ctx_make(), or for
+         * a thread's own stack (a zeroed ctx) the current fiber, taken at each
+         * switch away from it. */
+        void *tsan_fiber;
 #endif
 } aiot__ctx;
 
@@ -77,7 +100,7 @@ const char *aiot__ctx_impl(void);
  * returns.  No system call. */
 void aiot__ctx_swap(void **save_sp, void *new_sp);
 
-#if !defined(AIOT_CTX_ASAN) && defined(__x86_64__) && !(defined(__CET__) && (__CET__ & 1))
+#if !defined(AIOT_CTX_HOOKED) && defined(__x86_64__) && !(defined(__CET__) && (__CET__ & 1))
 /* The same switch as aiot__ctx_swap, same saved layout, but inline and without a
  * `call`.  Why: a `call` pushes an entry on the CPU's return stack buffer which
  * the switch never pops (it resumes with an indirect jump, predicted from
@@ -149,8 +172,8 @@ static inline __attribute__((always_inline)) void aiot__ctx_swap_inline(void **s
  * reused at once seemed to be the cause); the jump pushes no frame at all. */
 void aiot__ctx_jump(void *new_sp);
 #define aiot__ctx_switch_final(from, to) ((void)(from), aiot__ctx_jump((to)->sp))
-#elif !defined(AIOT_CTX_ASAN)
-/* Without ASan there is nothing to do around the raw switch: make a task switch
+#elif !defined(AIOT_CTX_HOOKED)
+/* Without a sanitizer there is nothing to do around the raw switch: make a task switch
  * one call. */
 #define aiot__ctx_switch(from, to) aiot__ctx_swap(&(from)->sp, (to)->sp)
 #define aiot__ctx_switch_final(from, to) aiot__ctx_swap(&(from)->sp, (to)->sp)

@@ -205,15 +205,33 @@ static int one_call(void *arg)
         return 0;
 }
 
+/* The longest gap between two ticks. */
+static double worst_gap(const struct ticker *k)
+{
+        double worst = 0;
+
+        for (int i = 1; i < k->n; i++)
+                if (k->at[i] - k->at[i - 1] > worst)
+                        worst = k->at[i] - k->at[i - 1];
+        return worst;
+}
+
 static int ticks_main(void *arg)
 {
-        struct ticker *k = arg;
+        struct ticker *k = arg; /* k[0]: the ticker alone, k[1]: beside the calls */
         aiot_scope *timers, *calls;
         double t0;
 
+        /* The baseline: the same timer on an idle loop for 300 ms, which
+         * shows how late this machine runs a timer without any call. */
         ck_assert_int_eq(aiot_scope_open(&timers, NULL), 0);
-        k->t0 = aiot_now();
-        ck_assert_int_eq(aiot_timer_start(timers, tick, k, 0.010, AIOT_TIMER_DEFAULT, NULL), 0);
+        ck_assert_int_eq(aiot_timer_start(timers, tick, &k[0], 0.010, AIOT_TIMER_DEFAULT, NULL), 0);
+        ck_assert_int_eq(aiot_sleep(0.3), 0);
+        aiot_scope_cancel(timers);
+        ck_assert_int_eq(aiot_scope_close(timers), 0);
+
+        ck_assert_int_eq(aiot_scope_open(&timers, NULL), 0);
+        ck_assert_int_eq(aiot_timer_start(timers, tick, &k[1], 0.010, AIOT_TIMER_DEFAULT, NULL), 0);
         t0 = mono();
         ck_assert_int_eq(aiot_scope_open(&calls, NULL), 0);
         for (int i = 0; i < 10; i++)
@@ -228,22 +246,24 @@ static int ticks_main(void *arg)
 
 START_TEST(test_ticks_on_time_while_calls_block)
 {
-        struct ticker k = { 0 };
-        double worst = 0;
+        struct ticker k[2] = { 0 };
+        double base, worst;
 
-        ck_assert_int_eq(testutil_run_loop(ticks_main, &k, 0), 0);
-        ck_assert_int_ge(k.n, 10);
+        ck_assert_int_eq(testutil_run_loop(ticks_main, k, 0), 0);
+        /* The calls last 300 ms or more, as long as the baseline: about as
+         * many ticks (a third of them on a starved machine). */
+        ck_assert_int_ge(k[1].n, k[0].n / 3);
+        ck_assert_int_ge(k[1].n, 3);
         /* The longest gap between two ticks: a loop stalled by a 100 ms call
          * would show a gap of 100 ms or more.  Gaps, not lateness against
          * t0 + i * 10 ms, because lateness adds up over the ticks of a slow
-         * machine (valgrind) without any stall. */
-        for (int i = 1; i < k.n; i++) {
-                double gap = k.at[i] - k.at[i - 1];
-
-                if (gap > worst)
-                        worst = gap;
-        }
-        ck_assert_msg(worst < 0.070, "ticks were %.1f ms apart", worst * 1e3);
+         * machine (valgrind) without any stall.  The bound is 70 ms, or the
+         * baseline's worst gap plus 50 ms where the machine itself runs
+         * timers that late (a loaded CI machine, nice'd package builds). */
+        base = worst_gap(&k[0]);
+        worst = worst_gap(&k[1]);
+        ck_assert_msg(worst < (base + 0.050 > 0.070 ? base + 0.050 : 0.070),
+                      "ticks were %.1f ms apart beside the calls (%.1f ms alone)", worst * 1e3, base * 1e3);
 }
 END_TEST
 

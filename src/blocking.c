@@ -25,8 +25,10 @@
  *
  * aiot_loop_free() stops the pool: idle threads end, running calls get
  * STOP_WAIT_MS (or AIOTOOLS_BLOCKING_STOP_WAIT_MS, read when the pool starts, so
- * that a test need not wait 10 s) to end, then what still runs is logged and
- * left to its threads, which free the pool when the last of them ends (a
+ * that a test need not wait 10 s) to end; when all have, every thread is
+ * joined, so that none is still in its exit (freeing its resolver state, say)
+ * once aiot_loop_free() returns.  Otherwise what still runs is logged and left
+ * to its threads, detached, which free the pool when the last of them ends (a
  * reference count). */
 #include <errno.h>
 #include <ev.h>
@@ -81,6 +83,11 @@ struct pool {
         pid_t pid;
         struct ev_loop *ev;
         ev_io watcher;
+        /* The threads started, joined by aiot_loop_free() (so that none is
+         * still in its exit, freeing its resolver state, when it returns)
+         * or detached when calls outlast the wait; loop thread only. */
+        pthread_t *tids;
+        unsigned ntids;
 };
 
 /* Bumped in every forked child: a pool of an older generation is the parent's. */
@@ -113,6 +120,7 @@ static void pool_unref_locked(struct pool *p)
         pthread_cond_destroy(&p->work);
         pthread_cond_destroy(&p->threads_cv);
         close(p->efd);
+        free(p->tids);
         free(p);
 }
 
@@ -194,14 +202,16 @@ static int pool_spawn_thread(struct pool *p)
 
         sigfillset(&all);
         pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         pthread_sigmask(SIG_SETMASK, &all, &old);
         e = pthread_create(&tid, &attr, pool_thread, p);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         pthread_attr_destroy(&attr);
-        if (e == 0)
-                pthread_setname_np(tid, "aiot-blocking");
-        return -e;
+        if (e)
+                return -e;
+        pthread_setname_np(tid, "aiot-blocking");
+        /* Never more than max threads are started: tids has room. */
+        p->tids[p->ntids++] = tid;
+        return 0;
 }
 
 /* ------------------------------------------------------------ the loop's side */
@@ -247,6 +257,7 @@ static void pool_forget_inherited(struct pool *p)
         /* The jobs belong to the parent's tasks, which this process never
          * resumes; their memory is a copy.  The list is unsafe to walk if a
          * thread was in the middle of changing it, so it is left alone. */
+        free(p->tids);
         free(p);
 }
 
@@ -282,6 +293,7 @@ static void pool_destroy(aiot_loop *l, void *data)
 {
         struct pool *p = data;
         struct job *j;
+        bool ended;
 
         if (p->gen != fork_gen || p->pid != getpid()) {
                 pool_forget_inherited(p);
@@ -291,7 +303,8 @@ static void pool_destroy(aiot_loop *l, void *data)
         pthread_mutex_lock(&p->mu);
         p->stopping = true;
         pthread_cond_broadcast(&p->work);
-        if (pool_wait_threads_locked(p) < 0)
+        ended = pool_wait_threads_locked(p) == 0;
+        if (!ended)
                 aiot_log(AIOT_LOG_WARNING,
                          "aiot_loop_free: %u blocking call%s still running after %u.%03u s (%u queued); "
                          "left to %u thread%s",
@@ -308,6 +321,12 @@ static void pool_destroy(aiot_loop *l, void *data)
                 deliver(j);
                 j = next;
         }
+        /* The loop's reference keeps p (and tids) alive until the unref below. */
+        for (unsigned i = 0; i < p->ntids; i++)
+                if (ended)
+                        pthread_join(p->tids[i], NULL);
+                else
+                        pthread_detach(p->tids[i]);
         pthread_mutex_lock(&p->mu);
         pool_unref_locked(p);
 }
@@ -340,10 +359,13 @@ static int pool_create(aiot_loop *l, struct pool **ret)
 
         if (!p)
                 return -ENOMEM;
-        p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        p->max = aiot__loop_pub(l)->blocking_threads ? aiot__loop_pub(l)->blocking_threads : DEFAULT_THREADS;
+        p->tids = calloc(p->max, sizeof(*p->tids));
+        p->efd = p->tids ? eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) : -1;
         if (p->efd < 0) {
-                int e = -errno;
+                int e = p->tids ? -errno : -ENOMEM;
 
+                free(p->tids);
                 free(p);
                 return e;
         }
@@ -353,7 +375,6 @@ static int pool_create(aiot_loop *l, struct pool **ret)
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&p->threads_cv, &ca);
         pthread_condattr_destroy(&ca);
-        p->max = aiot__loop_pub(l)->blocking_threads ? aiot__loop_pub(l)->blocking_threads : DEFAULT_THREADS;
         p->refs = 1;
         p->stop_wait_ms = stop_wait_ms_from_env();
         p->gen = fork_gen;

@@ -456,6 +456,40 @@ static int fork_tracked(aiot_child *c, bool use_pidfd, aiot_child_fn fn, void *a
         return r;
 }
 
+/* A handle for a child about to be tracked, with the SIGCHLD handler and the
+ * loop's reaper in place when pidfds are not used. */
+static int child_new(struct ev_loop *loop, bool use_pidfd, aiot_child_exit_cb on_exit, void *userdata,
+                     aiot_child **ret)
+{
+        aiot_child *c;
+        int r = sigchld_prepare(!use_pidfd);
+
+        if (r < 0)
+                return r;
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->owner = getpid();
+        c->pidfd = -1;
+        c->loop = loop;
+        c->on_exit = on_exit;
+        c->userdata = userdata;
+        if (!use_pidfd && !(c->reaper = reaper_get(loop))) {
+                free(c);
+                return -ENOMEM;
+        }
+        *ret = c;
+        return 0;
+}
+
+/* Undoes child_new() when the child could not be tracked. */
+static void child_free_untracked(aiot_child *c)
+{
+        if (c->reaper)
+                reaper_put_if_idle(c->reaper);
+        free(c);
+}
+
 int aiot_fork(struct ev_loop *loop, aiot_child_fn fn, void *arg, aiot_child_exit_cb on_exit, void *userdata,
               aiot_child **ret)
 {
@@ -470,29 +504,12 @@ int aiot_fork(struct ev_loop *loop, aiot_child_fn fn, void *arg, aiot_child_exit
 
         reap_detached();
         use_pidfd = aiot_fork_mode() == AIOT_FORK_PIDFD;
-        r = sigchld_prepare(!use_pidfd);
+        r = child_new(loop, use_pidfd, on_exit, userdata, &c);
         if (r < 0)
                 return r;
-        c = calloc(1, sizeof(*c));
-        if (!c)
-                return -ENOMEM;
-        c->owner = getpid();
-        c->pidfd = -1;
-        c->loop = loop;
-        c->on_exit = on_exit;
-        c->userdata = userdata;
-        if (!use_pidfd) {
-                c->reaper = reaper_get(loop);
-                if (!c->reaper) {
-                        free(c);
-                        return -ENOMEM;
-                }
-        }
         r = fork_tracked(c, use_pidfd, fn, arg);
         if (r < 0) {
-                if (c->reaper)
-                        reaper_put_if_idle(c->reaper);
-                free(c);
+                child_free_untracked(c);
                 return r;
         }
         child_watch(loop, c, use_pidfd);
@@ -530,22 +547,10 @@ int aiot__child_adopt(struct ev_loop *loop, pid_t pid, aiot_child_exit_cb on_exi
 
         aiot__return_if(!loop || pid <= 0 || !ret, -EINVAL);
         use_pidfd = aiot_fork_mode() == AIOT_FORK_PIDFD;
-        r = sigchld_prepare(!use_pidfd);
+        r = child_new(loop, use_pidfd, on_exit, userdata, &c);
         if (r < 0)
                 return r;
-        c = calloc(1, sizeof(*c));
-        if (!c)
-                return -ENOMEM;
-        c->owner = getpid();
-        c->pidfd = -1;
         c->pid = pid;
-        c->loop = loop;
-        c->on_exit = on_exit;
-        c->userdata = userdata;
-        if (!use_pidfd && !(c->reaper = reaper_get(loop))) {
-                free(c);
-                return -ENOMEM;
-        }
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
         if (use_pidfd)
@@ -555,9 +560,7 @@ int aiot__child_adopt(struct ev_loop *loop, pid_t pid, aiot_child_exit_cb on_exi
                 pthread_mutex_unlock(&pidfd_lock);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         if (r < 0) {
-                if (c->reaper)
-                        reaper_put_if_idle(c->reaper);
-                free(c);
+                child_free_untracked(c);
                 return r;
         }
         child_watch(loop, c, use_pidfd);

@@ -140,32 +140,17 @@ struct pinfo {
         bool has_stats;
 };
 
-static long long rss_of(pid_t pid)
-{
-        char path[64];
-        unsigned long size, resident;
-        FILE *f;
-        int n;
-
-        snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
-        f = fopen(path, "re");
-        if (!f)
-                return -1;
-        n = fscanf(f, "%lu %lu", &size, &resident);
-        fclose(f);
-        return n == 2 ? (long long)resident * sysconf(_SC_PAGESIZE) : -1;
-}
-
 static void proc_info(struct proc *p, double now, struct pinfo *pi)
 {
         struct server *srv = p->srv;
         bool running = p->child && aiot__proc_live(p);
+        size_t rss;
 
         *pi = (struct pinfo){.p = p, .kind = p->kind == AIOT_EXTRA ? "extra" : "worker", .rss = -1};
         pi->uptime = running ? now - p->started_at : 0;
         pi->beat_age = running ? aiot__proc_beat_age(p, now) : -1;
-        if (running)
-                pi->rss = rss_of(p->pid);
+        if (running && (rss = aiot__proc_rss(p->pid)) > 0)
+                pi->rss = (long long)rss;
         if (p->beat >= 0 && srv->stats) {
                 const struct aiot__wstat *st = &srv->stats[p->beat];
 

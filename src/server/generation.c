@@ -455,23 +455,6 @@ static void recycle_done(struct proc *r)
 
 /* ---------------------------------------------------------------- recycling policies */
 
-/* A worker's resident memory in bytes, from /proc/PID/statm; 0 if unknown. */
-static size_t proc_rss(pid_t pid)
-{
-        char path[64];
-        unsigned long size, resident;
-        FILE *f;
-        int n;
-
-        snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
-        f = fopen(path, "re");
-        if (!f)
-                return 0;
-        n = fscanf(f, "%lu %lu", &size, &resident);
-        fclose(f);
-        return n == 2 ? (size_t)resident * (size_t)sysconf(_SC_PAGESIZE) : 0;
-}
-
 /* The handler runs a worker's serving layer has counted in its status record. */
 static uint64_t proc_requests(const struct server *srv, const struct proc *p)
 {
@@ -508,7 +491,7 @@ static void policy_cb(struct ev_loop *loop, ev_timer *w, int revents)
                                  "recycling it", p->index, (int)p->pid, (unsigned long long)proc_requests(srv, p),
                                  (unsigned long long)p->request_limit);
                         aiot__recycle_start(p);
-                } else if (srv->max_rss > 0 && (rss = proc_rss(p->pid)) > srv->max_rss) {
+                } else if (srv->max_rss > 0 && (rss = aiot__proc_rss(p->pid)) > srv->max_rss) {
                         aiot_log(AIOT_LOG_NOTICE,
                                  "worker %d (pid %d) uses %zu KiB, more than its memory limit of %zu KiB: "
                                  "recycling it", p->index, (int)p->pid, rss >> 10, srv->max_rss >> 10);

@@ -131,6 +131,23 @@ bool aiot__proc_active(const struct proc *p)
         return p->state == PROC_IDLE || p->state == PROC_STARTING || p->state == PROC_READY;
 }
 
+/* A process's resident memory in bytes, from /proc/PID/statm; 0 if unknown. */
+size_t aiot__proc_rss(pid_t pid)
+{
+        char path[64];
+        unsigned long size, resident;
+        FILE *f;
+        int n;
+
+        snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+        f = fopen(path, "re");
+        if (!f)
+                return 0;
+        n = fscanf(f, "%lu %lu", &size, &resident);
+        fclose(f);
+        return n == 2 ? (size_t)resident * (size_t)sysconf(_SC_PAGESIZE) : 0;
+}
+
 /* A process exists (or is being forked) for this record. */
 bool aiot__proc_live(const struct proc *p)
 {

@@ -407,6 +407,7 @@ void aiot__proc_free(struct server *srv, struct proc *p);
 void aiot__proc_sweep(struct server *srv);
 bool aiot__proc_active(const struct proc *p);
 bool aiot__proc_live(const struct proc *p);
+size_t aiot__proc_rss(pid_t pid);
 const char *aiot__proc_state_name(enum proc_state st);
 void aiot__proc_transition(struct proc *p, enum proc_event ev, int arg);
 int aiot__proc_adopt(struct proc *p, pid_t pid, int report_fd, int beat, enum proc_state st);

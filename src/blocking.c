@@ -124,8 +124,9 @@ static void pool_unref_locked(struct pool *p)
         free(p);
 }
 
-/* Called with the mutex held; returns with it held.  Frees an abandoned job
- * or puts a finished one on the done list and signals the loop. */
+/* Called with the mutex held; returns with it held (it may release it
+ * meanwhile).  Frees an abandoned job or puts a finished one on the done list
+ * and signals the loop. */
 static void job_finish_locked(struct pool *p, struct job *j)
 {
         if (j->abandoned) {
@@ -148,9 +149,15 @@ static void job_finish_locked(struct pool *p, struct job *j)
                 uint64_t one = 1;
 
                 p->signalled = true;
-                /* Cannot fail short of a counter overflow, which one write per
-                 * read of the loop rules out. */
+                /* Written with the mutex released: the loop, woken by it,
+                 * takes the mutex at once, and finding it held would sleep
+                 * and wake once more.  A write that arrives after the loop
+                 * has already taken this job only wakes it for nothing.  It
+                 * cannot fail short of a counter overflow, which one write
+                 * per read of the loop rules out. */
+                pthread_mutex_unlock(&p->mu);
                 (void)!write(p->efd, &one, sizeof(one));
+                pthread_mutex_lock(&p->mu);
         }
 }
 
@@ -405,7 +412,7 @@ static int pool_get(aiot_loop *l, struct pool **ret)
 /* Queues j and makes sure a thread will take it. */
 static int pool_submit(struct pool *p, struct job *j)
 {
-        bool spawn;
+        bool spawn, wake;
 
         pthread_mutex_lock(&p->mu);
         j->next = NULL;
@@ -418,13 +425,18 @@ static int pool_submit(struct pool *p, struct job *j)
         p->calls++;
         /* Idle threads beyond the jobs already queued for them: wake one. */
         spawn = p->idle < p->queued && p->nthreads < p->max;
+        wake = !spawn && p->idle;
         if (spawn) {
                 p->nthreads++;
                 p->refs++;
-        } else if (p->idle) {
-                pthread_cond_signal(&p->work);
         }
         pthread_mutex_unlock(&p->mu);
+        /* Signalled after the unlock: a thread woken while the mutex is held
+         * would only block on it again (one more sleep and wake-up per call,
+         * which costs tens of microseconds when its CPU was idle).  A thread
+         * that wakes for nothing waits again. */
+        if (wake)
+                pthread_cond_signal(&p->work);
         if (spawn) {
                 int r = pool_spawn_thread(p);
 

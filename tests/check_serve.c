@@ -899,6 +899,63 @@ START_TEST(test_cli_idle_timeout_reaches_echo)
 }
 END_TEST
 
+/* ------------------------------------------------------------ aiot_tls_new */
+
+#ifdef HAVE_OPENSSL
+/* Makes a self-signed P-256 certificate and its key in dir with openssl(1). */
+static void make_cert(const char *dir, const char *name)
+{
+        char cmd[1024];
+
+        snprintf(cmd, sizeof(cmd),
+                 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 "
+                 "-subj /CN=localhost -keyout %s/%s.key -out %s/%s.pem 2>/dev/null",
+                 dir, name, dir, name);
+        ck_assert_int_eq(system(cmd), 0);
+}
+#endif
+
+/* The context's checks: bad options, a file that does not load and a key of
+ * another certificate are refused with a line naming the file; a good pair
+ * loads and is freed (as is NULL). */
+START_TEST(test_tls_new_checks_its_files)
+{
+        char dir[] = "/tmp/check_serve_tls.XXXXXX", a_pem[64], a_key[64], b_key[64], none[64], err[256];
+        struct aiot_tls_opts o = { .size = sizeof(o), .n_certs = 1 };
+        const char *certs[1], *keys[1];
+        aiot_tls *t = NULL;
+
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(a_pem, sizeof(a_pem), "%s/a.pem", dir);
+        snprintf(a_key, sizeof(a_key), "%s/a.key", dir);
+        snprintf(b_key, sizeof(b_key), "%s/b.key", dir);
+        snprintf(none, sizeof(none), "%s/none.pem", dir);
+        o.certs = certs;
+        o.keys = keys;
+        ck_assert_int_eq(aiot_tls_new(NULL, &t, err, sizeof(err)), -EINVAL);
+#ifdef HAVE_OPENSSL
+        make_cert(dir, "a");
+        make_cert(dir, "b");
+        certs[0] = a_pem, keys[0] = a_key;
+        ck_assert_int_eq(aiot_tls_new(&o, &t, err, sizeof(err)), 0);
+        ck_assert_ptr_nonnull(t);
+        aiot_tls_free(t);
+        certs[0] = none;
+        ck_assert_int_eq(aiot_tls_new(&o, &t, err, sizeof(err)), -EINVAL);
+        ck_assert_msg(strstr(err, none), "%s", err);
+        certs[0] = a_pem, keys[0] = b_key;
+        ck_assert_int_eq(aiot_tls_new(&o, &t, err, sizeof(err)), -EINVAL);
+        ck_assert_msg(strstr(err, "b.key"), "%s", err);
+#else
+        certs[0] = a_pem, keys[0] = a_key;
+        ck_assert_int_eq(aiot_tls_new(&o, &t, err, sizeof(err)), -EOPNOTSUPP);
+#endif
+        aiot_tls_free(NULL);
+        snprintf(err, sizeof(err), "rm -rf %s", dir);
+        ck_assert_int_eq(system(err), 0);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
         Suite *s = suite_create("serve");
@@ -920,6 +977,7 @@ static Suite *serve_suite(void)
         tcase_add_test(tc, test_stop_closes_idle_after_grace);
         tcase_add_test(tc, test_lingering_close_no_reset);
         tcase_add_test(tc, test_sendfile_a_large_file);
+        tcase_add_test(tc, test_tls_new_checks_its_files);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("aiotools-serve");

@@ -112,6 +112,36 @@ static int where(aiot_conn *c)
         return r < 0 ? r : AIOT_CONN_KEEP;
 }
 
+/* "me": this handler's own line of the worker's task dump (the running task:
+ * the library names it after the peer). */
+static int my_task_line(aiot_conn *c)
+{
+        char *dump = NULL, *line, *end;
+        size_t len = 0;
+        FILE *f = open_memstream(&dump, &len);
+        int r;
+
+        if (!f)
+                return -ENOMEM;
+        r = aiot_loop_dump_tasks(aiot_worker_loop(aiot_conn_worker(c)), f, 0);
+        fclose(f);
+        line = r < 0 ? NULL : strstr(dump, "[running]");
+        if (!line) {
+                free(dump);
+                return aiot_conn_write(c, "none\n", 5);
+        }
+        end = line - 1; /* the name ends before " [running]" */
+        while (line > dump && line[-1] != '\n')
+                line--;
+        while (*line == ' ' || *line == '-')
+                line++;
+        r = aiot_conn_write(c, line, (size_t)(end - line));
+        free(dump);
+        if (r == 0)
+                r = aiot_conn_write(c, "\n", 1);
+        return r < 0 ? r : AIOT_CONN_KEEP;
+}
+
 static int line_conn(aiot_conn *c, void *arg)
 {
         const char *line;
@@ -135,6 +165,8 @@ static int line_conn(aiot_conn *c, void *arg)
                 return send_file(c);
         if (n == 6 && !memcmp(line, "where\n", 6))
                 return where(c);
+        if (n == 3 && !memcmp(line, "me\n", 3))
+                return my_task_line(c);
         r = aiot_conn_write(c, line, (size_t)n);
         return r < 0 ? r : AIOT_CONN_KEEP;
 }
@@ -621,7 +653,8 @@ START_TEST(test_sendfile_a_large_file)
 END_TEST
 
 /* The connection calls: the peer, the fd, the state kept across KEEP (the
- * handler runs in a fresh task each time), the worker and its stopping flag. */
+ * handler runs in a fresh task each time), the worker and its stopping flag;
+ * the handler's task is "conn PEER" in the worker's task dump. */
 START_TEST(test_conn_state_peer_and_stopping)
 {
         struct server s;
@@ -638,10 +671,21 @@ START_TEST(test_conn_state_peer_and_stopping)
         expect_line(fd, "b\nc\n");
         send_str(fd, "info\n");
         expect_line(fd, "peer 127.0.0.1 lines 4 stopping 0\n");
+        {
+                /* The handler's task is named after its peer in a task dump. */
+                struct sockaddr_in me;
+                socklen_t ml = sizeof(me);
+                char want[64];
+
+                ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&me, &ml), 0);
+                snprintf(want, sizeof(want), "conn 127.0.0.1:%u\n", ntohs(me.sin_port));
+                send_str(fd, "me\n");
+                expect_line(fd, want);
+        }
         kill(s.pid, SIGTERM);
         usleep(200000); /* the worker has its stop signal and drains */
         send_str(fd, "info\n");
-        expect_line(fd, "peer 127.0.0.1 lines 5 stopping 15\n");
+        expect_line(fd, "peer 127.0.0.1 lines 6 stopping 15\n");
         close(fd);
         {
                 int status;

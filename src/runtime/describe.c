@@ -39,6 +39,11 @@ int aiot_task_set_name(aiot_task *t, const char *name)
         return 0;
 }
 
+void aiot__task_set_namer(aiot_task *t, aiot__namer_fn namer)
+{
+        t->namer = namer;
+}
+
 const char *aiot_task_name(const aiot_task *t)
 {
         return t ? t->name : NULL;
@@ -119,8 +124,13 @@ static void task_info(struct walk *wk, const aiot_task *t, const aiot_task *pare
 static void walk_task(struct walk *wk, const aiot_task *t, const aiot_task *parent, int depth)
 {
         struct aiot_task_info ti;
+        char name[96];
 
         task_info(wk, t, parent, depth, &ti);
+        if (t->namer) {
+                t->namer(t->arg, name, sizeof(name));
+                ti.name = name;
+        }
         wk->count++;
         if (wk->fn)
                 wk->fn(&ti, wk->arg);

@@ -160,6 +160,7 @@ struct aiot_task {
         void *stack_lo;
         size_t stack_size;
         const char *name;       /* aiot_task_set_name(), or NULL */
+        aiot__namer_fn namer;   /* formats the name when described (aiot__task_set_namer) */
         uint64_t parked_at;     /* the loop's last poll when it parked (describe.c) */
 };
 

@@ -14,6 +14,11 @@
  *                               watcher table, blocking's thread pool), with a
  *                               destructor run by aiot_loop_free() before the
  *                               libev loop goes.
+ *  aiot__task_set_namer(t, fn) t's name is made by fn(t's argument, buf, len)
+ *                               only when the tasks are described: a name with
+ *                               run-time parts (a connection's peer) costs
+ *                               nothing per task run.  Overrides its name.
+ *  aiot__spawn_named(s, fn, arg, stack, namer)  spawns (no handle) with one.
  *  aiot__loop_pub(l)->blocking_threads  the pool size the loop was made with.
  *
  *  Park / wake (the one blocking primitive every blocking call is built on):
@@ -163,6 +168,11 @@ int aiot__park_checked(aiot__unpark_fn unpark, void *arg);
 struct aiot_task_info;
 typedef void (*aiot__wait_info_fn)(const aiot_task *t, void *unpark_arg, struct aiot_task_info *ti);
 void aiot__wait_kind_register(aiot__unpark_fn unpark, aiot__wait_info_fn info);
+/* A name made only when tasks are described (see the list at the top). */
+typedef void (*aiot__namer_fn)(void *arg, char *buf, size_t len);
+void aiot__task_set_namer(aiot_task *t, aiot__namer_fn namer);
+/* aiot_spawn_opts() without a handle, for a task named by namer. */
+int aiot__spawn_named(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, aiot__namer_fn namer);
 /* The live tasks of l (a walk of the tree: for a periodic figure, not a hot path). */
 size_t aiot__loop_task_count(aiot_loop *l);
 int aiot__park_nointr(void);

@@ -74,6 +74,17 @@ int aiot__scope_spawn_tagged(aiot_scope *s, aiot_task_fn fn, void *arg, size_t t
         return r;
 }
 
+/* Spawns without a handle a task whose name namer makes (runtime.h). */
+int aiot__spawn_named(aiot_scope *s, aiot_task_fn fn, void *arg, size_t stack_size, aiot__namer_fn namer)
+{
+        aiot_task *t;
+        int r = aiot__task_spawn(s, fn, arg, stack_size, 0, &t);
+
+        if (r == 0)
+                t->namer = namer;
+        return r;
+}
+
 /* ---------------------------------------------------------------- cancel */
 
 int aiot_scope_cancel(aiot_scope *s)

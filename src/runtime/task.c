@@ -147,6 +147,7 @@ AIOT_INLINE int task_create(aiot_loop *l, aiot_task_fn fn, void *arg, size_t sta
         t->hosted = NULL;
         t->tag = 0;
         t->name = NULL;
+        t->namer = NULL;
         /* Stacks of equal size put every task's frames at the same offset in a
          * page; a switch then stores to one stack and loads from the other at
          * addresses 4 KiB apart, which the CPU mistakes for a dependency (4K

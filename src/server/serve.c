@@ -54,10 +54,12 @@
 
 #include "aiotools/conn.h"
 #include "aiotools/io.h"
+#include "aiotools/listen.h"
 #include "aiotools/log.h"
 #include "aiotools/scope.h"
 #include "conn-internal.h"
 #include "macro.h"
+#include "runtime/runtime.h"
 #include "server-internal.h" /* the status counters (wstat.c) */
 #include "tls-internal.h"
 
@@ -82,7 +84,6 @@ struct conn_list {
 struct aiot__serve {
         aiot_worker *w;
         struct aiot_serve_opts o; /* defaults resolved; timeouts < 0 are +INFINITY */
-        struct aiot_spawn_opts so;
         struct ev_loop *ev;
         const aiot_listener *ls;  /* the worker's listeners (their fds read -1 once closed) */
         aiot_scope *conns;        /* the handlers' tasks */
@@ -202,6 +203,7 @@ static void conn_close(aiot_conn *c)
 
 static void conn_watch(aiot_conn *c);
 static int conn_task(void *arg);
+static void conn_namer(void *arg, char *buf, size_t len);
 
 /* ---------------------------------------------------------------- lingering close */
 
@@ -291,18 +293,43 @@ static void conn_end(aiot_conn *c, int r)
                 conn_close(c);
 }
 
+/* A task for c's handler, named "conn PEER" in task dumps. */
+static int conn_spawn(aiot_conn *c)
+{
+        return aiot__spawn_named(c->srv->conns, conn_task, c, c->srv->o.stack_size, conn_namer);
+}
+
 /* From watched to busy: bytes (or EOF) have arrived. */
 static void conn_start(aiot_conn *c)
 {
         list_unlink(c->srv, c);
         c->busy = true;
         c->drained = false;
-        if (aiot_spawn_opts(c->srv->conns, conn_task, c, &c->srv->so, NULL) < 0) {
+        if (conn_spawn(c) < 0) {
                 aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", c->fd);
                 conn_close(c);
         }
 }
 
+
+/* The name of a connection's task in a task dump: "conn PEER" (fd N when the
+ * peer is gone).  Made only when the tasks are described, so that naming the
+ * task costs a request no getpeername(). */
+static void conn_namer(void *arg, char *buf, size_t len)
+{
+        const aiot_conn *c = arg;
+        struct aiot_bind_addr a = {.len = sizeof(a.u)};
+        char peer[128];
+
+        if (getpeername(c->fd, &a.u.sa, &a.len) == 0) {
+                a.family = a.u.sa.sa_family;
+                if (aiot_listen_format(&a, peer, sizeof(peer)) >= 0) {
+                        snprintf(buf, len, "conn %s%s", peer, c->tls_todo || c->tls ? " (tls)" : "");
+                        return;
+                }
+        }
+        snprintf(buf, len, "conn fd %d", c->fd);
+}
 
 /* Runs the handler while there is something to serve; see the file comment.
  * The answers to pipelined messages gather in the write buffer and go out
@@ -439,7 +466,7 @@ static void conn_open(struct aiot__serve *srv, unsigned short listener, int fd)
         }
         c->drained = true; /* nothing has arrived yet: wait before reading */
         c->busy = true;
-        if (aiot_spawn_opts(srv->conns, conn_task, c, &srv->so, NULL) < 0) {
+        if (conn_spawn(c) < 0) {
                 aiot_log(AIOT_LOG_DEBUG, "connection fd %d: no task for it, closing it", fd);
                 conn_close(c);
         }
@@ -531,7 +558,6 @@ static int opts_resolve(const struct aiot_serve_opts *in, struct aiot__serve *sr
         srv->o.write_timeout = timeout_or(srv->o.write_timeout, DEFAULT_WRITE_TIMEOUT);
         aiot__return_if(isnan(srv->o.stop_grace), -EINVAL);
         srv->o.stop_grace = timeout_or(srv->o.stop_grace, DEFAULT_STOP_GRACE);
-        srv->so = (struct aiot_spawn_opts){.size = sizeof(srv->so), .stack_size = in->stack_size, .name = "conn"};
         return 0;
 }
 
